@@ -1,0 +1,240 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
+	"github.com/rbuild/rbuild/cache"
+	"github.com/rbuild/rbuild/snapshot"
+)
+
+// defaultPath is the PATH Docker gives a Linux image that sets none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// stage is one FROM block and, once built, its result.
+type stage struct {
+	index    int
+	name     string
+	inst     instructions.Stage
+	base     string // FROM after expansion
+	baseOf   *stage // FROM an earlier stage
+	platform v1.Platform
+
+	done, building bool
+
+	cfg    *v1.ConfigFile
+	layers []snapshot.Layer
+	// top is the store ID of the stage's current root filesystem.
+	top string
+	// key is the cache key of the stage's filesystem state.
+	key cache.Key
+	// args are the ARGs declared in this stage so far, in order.
+	args []stageArg
+	// cmdSet records a CMD in this stage: ENTRYPOINT resets an inherited
+	// CMD only.
+	cmdSet bool
+}
+
+type stageArg struct {
+	key   string
+	value *string
+}
+
+// plan creates the stages and resolves FROM references to earlier stages.
+func (b *build) plan() error {
+	seen := map[string]bool{}
+	for i, st := range b.df.stages {
+		s := &stage{index: i, name: strings.ToLower(st.Name), inst: st}
+		if s.name != "" {
+			if seen[s.name] {
+				return fmt.Errorf("%s:%d: duplicate stage name %q", b.df.name, line(st.Location), st.Name)
+			}
+			seen[s.name] = true
+		}
+		genv := shell.EnvsFromSlice(envList(b.globalArgs))
+		base, _, err := b.lex.ProcessWord(st.BaseName, genv)
+		if err != nil {
+			return fmt.Errorf("%s:%d: FROM: %v", b.df.name, line(st.Location), err)
+		}
+		if base == "" {
+			return fmt.Errorf("%s:%d: FROM: base name (%s) should not be blank", b.df.name, line(st.Location), st.BaseName)
+		}
+		s.base = base
+		for _, prev := range b.stages {
+			if prev.name != "" && prev.name == strings.ToLower(base) {
+				s.baseOf = prev
+			}
+		}
+		s.platform = b.platform
+		if st.Platform != "" {
+			p, _, err := b.lex.ProcessWord(st.Platform, genv)
+			if err != nil {
+				return fmt.Errorf("%s:%d: FROM --platform: %v", b.df.name, line(st.Location), err)
+			}
+			if s.platform, err = parsePlatform(p); err != nil {
+				return fmt.Errorf("%s:%d: FROM: %v", b.df.name, line(st.Location), err)
+			}
+		}
+		b.stages = append(b.stages, s)
+	}
+	return nil
+}
+
+// ensureStage builds s (and, through its instructions, the stages it
+// needs) once.
+func (b *build) ensureStage(ctx context.Context, s *stage) error {
+	if s.done {
+		return nil
+	}
+	if s.building {
+		return fmt.Errorf("%s:%d: stage %q depends on itself", b.df.name, line(s.inst.Location), s.name)
+	}
+	s.building = true
+	defer func() { s.building = false }()
+
+	var triggers []string
+	fromLine := line(s.inst.Location)
+	switch {
+	case s.baseOf != nil:
+		if err := b.ensureStage(ctx, s.baseOf); err != nil {
+			return err
+		}
+		p := s.baseOf
+		s.cfg = p.cfg.DeepCopy()
+		s.layers = append([]snapshot.Layer(nil), p.layers...)
+		s.top, s.key = p.top, p.key
+		triggers = p.cfg.Config.OnBuild
+	case strings.EqualFold(s.base, "scratch"):
+		s.cfg = &v1.ConfigFile{}
+		s.key = cache.NewKey("").Add("from", "scratch").Add("platform", s.platform.String()).Key()
+	default:
+		img, err := b.pull(ctx, s.base, s.platform)
+		if err != nil {
+			return &stepError{file: b.df.name, line: fromLine, inst: "FROM", err: err}
+		}
+		s.cfg = img.cfg
+		s.layers = img.layers
+		s.top = img.top
+		s.key = cache.NewKey("").Add("from", img.digest.String()).Add("platform", s.platform.String()).Key()
+		triggers = img.cfg.Config.OnBuild
+	}
+	s.cfg.Config.OnBuild = nil
+	s.cfg.OS = s.platform.OS
+	s.cfg.Architecture = s.platform.Architecture
+	s.cfg.Variant = s.platform.Variant
+	if _, ok := lookupEnv(s.cfg.Config.Env, "PATH"); !ok {
+		s.cfg.Config.Env = append(s.cfg.Config.Env, "PATH="+defaultPath)
+	}
+	b.logf("[%s] FROM %s", s.label(), s.base)
+
+	cmds, err := b.onbuildCommands(s, triggers)
+	if err != nil {
+		return err
+	}
+	cmds = append(cmds, s.inst.Commands...)
+	for i, cmd := range cmds {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := b.dispatch(ctx, s, cmd, i+1, len(cmds)); err != nil {
+			return err
+		}
+	}
+	s.done = true
+	return nil
+}
+
+// onbuildCommands parses the base image's ONBUILD triggers; they run
+// before the stage's own instructions.
+func (b *build) onbuildCommands(s *stage, triggers []string) ([]instructions.Command, error) {
+	var cmds []instructions.Command
+	for _, t := range triggers {
+		res, err := parser.Parse(strings.NewReader(t))
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: ONBUILD trigger %q: %v", b.df.name, line(s.inst.Location), t, err)
+		}
+		if len(res.AST.Children) != 1 {
+			return nil, fmt.Errorf("%s:%d: ONBUILD trigger %q: should be a single expression", b.df.name, line(s.inst.Location), t)
+		}
+		node := res.AST.Children[0]
+		node.StartLine, node.EndLine = line(s.inst.Location), line(s.inst.Location)
+		cmd, err := instructions.ParseCommand(node)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: ONBUILD trigger %q: %v", b.df.name, line(s.inst.Location), t, err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	return cmds, nil
+}
+
+func (s *stage) label() string {
+	if s.name != "" {
+		return s.name
+	}
+	return fmt.Sprintf("stage-%d", s.index)
+}
+
+// env is what word expansion and RUN see: the stage's build args, then
+// the image's ENV, which wins over an ARG of the same name.
+func (s *stage) env() []string {
+	env := append([]string(nil), s.cfg.Config.Env...)
+	for _, a := range s.args {
+		if a.value == nil {
+			continue
+		}
+		if _, ok := lookupEnv(env, a.key); ok {
+			continue
+		}
+		env = append(env, a.key+"="+*a.value)
+	}
+	return env
+}
+
+// argEnv lists the stage's build args with values (for RUN's history
+// string and cache key).
+func (s *stage) argEnv() []string {
+	var out []string
+	for _, a := range s.args {
+		if a.value != nil {
+			out = append(out, a.key+"="+*a.value)
+		}
+	}
+	return out
+}
+
+func lookupEnv(env []string, key string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		k, v, _ := strings.Cut(env[i], "=")
+		if k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// setEnv replaces or appends key in env, keeping its position.
+func setEnv(env []string, key, value string) []string {
+	for i, e := range env {
+		if k, _, _ := strings.Cut(e, "="); k == key {
+			env[i] = key + "=" + value
+			return env
+		}
+	}
+	return append(env, key+"="+value)
+}
+
+// history appends a history entry for a step.
+func (s *stage) history(createdBy string, empty bool) {
+	s.cfg.History = append(s.cfg.History, v1.History{
+		Created:    v1.Time{Time: time.Now().UTC()},
+		CreatedBy:  createdBy,
+		Comment:    "buildkit.dockerfile.v0",
+		EmptyLayer: empty,
+	})
+}

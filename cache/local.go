@@ -1,0 +1,78 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Entry is what a step produced: a layer in the local store (by its
+// snapshot ID) and its blob, or nothing (Empty) for a step that changed no
+// file.
+type Entry struct {
+	SnapshotID string          `json:"snapshot"`
+	Empty      bool            `json:"empty,omitempty"`
+	DiffID     v1.Hash         `json:"diffID,omitempty"`
+	Digest     v1.Hash         `json:"digest,omitempty"`
+	Size       int64           `json:"size,omitempty"`
+	MediaType  types.MediaType `json:"mediaType,omitempty"`
+}
+
+// Local is the cache on this machine: one small JSON file per key.
+type Local struct {
+	dir string
+}
+
+// OpenLocal opens the local cache under dir.
+func OpenLocal(dir string) (*Local, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating cache directory: %w", err)
+	}
+	return &Local{dir: dir}, nil
+}
+
+func (l *Local) path(k Key) string {
+	return filepath.Join(l.dir, string(k)+".json")
+}
+
+// Get returns the entry under k, if any.
+func (l *Local) Get(k Key) (*Entry, bool) {
+	data, err := os.ReadFile(l.path(k))
+	if err != nil {
+		return nil, false
+	}
+	var e Entry
+	if err := json.Unmarshal(data, &e); err != nil || e.SnapshotID == "" {
+		return nil, false
+	}
+	return &e, true
+}
+
+// Put records e under k, atomically.
+func (l *Local) Put(k Key, e *Entry) error {
+	if e == nil {
+		return errors.New("cache: nil entry")
+	}
+	data, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(l.dir, ".entry-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), l.path(k))
+}

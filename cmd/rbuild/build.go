@@ -1,0 +1,253 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/rbuild/rbuild/builder"
+	"github.com/rbuild/rbuild/output"
+	"github.com/rbuild/rbuild/registry"
+	"github.com/rbuild/rbuild/snapshot"
+	"github.com/spf13/cobra"
+	"go.podman.io/storage/pkg/unshare"
+)
+
+type buildFlags struct {
+	tags               []string
+	file               string
+	buildArgs          []string
+	target             string
+	labels             []string
+	platform           string
+	noCache            bool
+	pull               bool
+	network            string
+	quiet              bool
+	progress           string
+	push               bool
+	outputs            []string
+	iidfile            string
+	digestfile         string
+	insecureRegistries []string
+	root               string
+	driver             string
+	compression        string
+	compressionLevel   int
+}
+
+func newRootCommand() *cobra.Command {
+	var f buildFlags
+	root := &cobra.Command{
+		Use:           "rbuild [build] [flags] CONTEXT",
+		Short:         "Build OCI images from Dockerfiles, with no daemon and no root",
+		Args:          cobra.ExactArgs(1),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, args []string) error { return runBuild(cmd, &f, args[0]) },
+	}
+	addBuildFlags(root, &f)
+	var bf buildFlags
+	build := &cobra.Command{
+		Use:   "build [flags] CONTEXT",
+		Short: "Build an image from a Dockerfile",
+		Args:  cobra.ExactArgs(1),
+		RunE:  func(cmd *cobra.Command, args []string) error { return runBuild(cmd, &bf, args[0]) },
+	}
+	addBuildFlags(build, &bf)
+	root.AddCommand(build, newVersionCommand())
+	return root
+}
+
+func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
+	fl := cmd.Flags()
+	fl.StringArrayVarP(&f.tags, "tag", "t", nil, "name the image (repeatable); a name with a registry host is pushed")
+	fl.StringVarP(&f.file, "file", "f", "", "Dockerfile path (default CONTEXT/Dockerfile; - reads standard input)")
+	fl.StringArrayVar(&f.buildArgs, "build-arg", nil, "set a build arg KEY=VALUE (KEY alone takes it from the environment)")
+	fl.StringVar(&f.target, "target", "", "build this stage")
+	fl.StringArrayVar(&f.labels, "label", nil, "add a label KEY=VALUE to the image")
+	fl.StringVar(&f.platform, "platform", "", "target platform (os/arch[/variant])")
+	fl.BoolVar(&f.noCache, "no-cache", false, "do not use the cache")
+	fl.BoolVar(&f.pull, "pull", false, "always resolve base images from their registry")
+	fl.StringVar(&f.network, "network", "host", "network for RUN steps: host or none")
+	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print only the image ID")
+	fl.StringVar(&f.progress, "progress", "auto", "progress output: auto, plain or tty")
+	fl.BoolVar(&f.push, "push", true, "push tags that name a registry")
+	fl.StringArrayVar(&f.outputs, "output", nil, "also write the image: type=oci,dest=DIR|FILE.tar or type=docker,dest=FILE.tar")
+	fl.StringVar(&f.iidfile, "iidfile", "", "write the image ID to this file")
+	fl.StringVar(&f.digestfile, "digestfile", "", "write the manifest digest to this file")
+	fl.StringArrayVar(&f.insecureRegistries, "insecure-registry", nil, "reach this registry over plain HTTP (repeatable)")
+	fl.StringVar(&f.root, "root", "", "state directory (default $RBUILD_ROOT, /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild otherwise)")
+	fl.StringVar(&f.driver, "storage-driver", "", "layer store driver: overlay or vfs (default: overlay where it mounts)")
+	fl.StringVar(&f.compression, "compression", "gzip", "layer compression: gzip or zstd")
+	fl.IntVar(&f.compressionLevel, "compression-level", 0, "compression level (0: the algorithm's default)")
+}
+
+func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
+	// First of all: an unprivileged rbuild continues in a child process,
+	// which must still find standard input unread (-f -).
+	if err := enterUserNamespace(); err != nil {
+		return err
+	}
+	switch f.network {
+	case "host", "none", "default":
+	default:
+		return fmt.Errorf("--network %q: want host or none", f.network)
+	}
+	switch f.progress {
+	case "auto", "plain", "tty":
+	default:
+		return fmt.Errorf("--progress %q: want auto, plain or tty", f.progress)
+	}
+	opts := builder.Options{
+		ContextDir:         contextDir,
+		Dockerfile:         f.file,
+		Target:             f.target,
+		Platform:           f.platform,
+		NoCache:            f.noCache,
+		Pull:               f.pull,
+		Network:            f.network,
+		Driver:             f.driver,
+		InsecureRegistries: f.insecureRegistries,
+		Compression:        snapshot.Compression{Algorithm: f.compression, Level: f.compressionLevel},
+		Progress:           cmd.ErrOrStderr(),
+	}
+	if f.quiet {
+		opts.Progress = io.Discard
+		opts.Warnings = cmd.ErrOrStderr()
+	}
+	var err error
+	if opts.BuildArgs, err = keyValues(f.buildArgs, "--build-arg", true); err != nil {
+		return err
+	}
+	if opts.Labels, err = keyValues(f.labels, "--label", false); err != nil {
+		return err
+	}
+	if f.file == "-" {
+		if opts.DockerfileContent, err = io.ReadAll(cmd.InOrStdin()); err != nil {
+			return fmt.Errorf("reading Dockerfile from standard input: %w", err)
+		}
+	}
+	if opts.Root, err = stateDir(f.root); err != nil {
+		return err
+	}
+	reg := registry.New(registry.Options{Insecure: f.insecureRegistries})
+	if opts.Outputs, err = outputs(f, reg, opts.Root); err != nil {
+		return err
+	}
+	res, err := builder.Build(cmd.Context(), opts)
+	if err != nil {
+		return err
+	}
+	if f.iidfile != "" {
+		if err := os.WriteFile(f.iidfile, []byte(res.ImageID.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	if f.digestfile != "" {
+		if err := os.WriteFile(f.digestfile, []byte(res.Digest.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	if f.quiet {
+		fmt.Fprintln(cmd.OutOrStdout(), res.ImageID)
+	} else {
+		fmt.Fprintf(cmd.ErrOrStderr(), "image %s (manifest %s)\n", res.ImageID, res.Digest)
+	}
+	return nil
+}
+
+// keyValues parses KEY=VALUE flags; with fromEnv, a bare KEY takes its
+// value from the environment (and is skipped when unset), as docker build.
+func keyValues(list []string, flag string, fromEnv bool) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range list {
+		k, v, ok := strings.Cut(kv, "=")
+		if k == "" {
+			return nil, fmt.Errorf("%s %q: want KEY=VALUE", flag, kv)
+		}
+		if !ok {
+			if !fromEnv {
+				out[k] = ""
+				continue
+			}
+			env, set := os.LookupEnv(k)
+			if !set {
+				continue
+			}
+			v = env
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// stateDir picks the state directory: the flag, $RBUILD_ROOT,
+// /var/lib/rbuild for root, the XDG data directory otherwise.
+func stateDir(flag string) (string, error) {
+	dir := flag
+	if dir == "" {
+		dir = os.Getenv("RBUILD_ROOT")
+	}
+	if dir == "" {
+		if os.Geteuid() == 0 && !unshare.IsRootless() {
+			dir = "/var/lib/rbuild"
+		} else if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+			dir = filepath.Join(x, "rbuild")
+		} else if h, err := os.UserHomeDir(); err == nil {
+			dir = filepath.Join(h, ".local", "share", "rbuild")
+		} else {
+			return "", errors.New("no state directory: set --root or RBUILD_ROOT")
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return "", fmt.Errorf("state directory: %w", err)
+	}
+	return abs, nil
+}
+
+// outputs turns -t, --push and --output into the build's outputs.
+func outputs(f *buildFlags, reg *registry.Client, root string) ([]output.Output, error) {
+	var outs []output.Output
+	var local []string
+	for _, t := range f.tags {
+		ref, err := reg.ParseReference(t)
+		if err != nil {
+			return nil, fmt.Errorf("-t %q: %w", t, err)
+		}
+		if f.push && registry.HasRegistryHost(t) {
+			outs = append(outs, &output.Registry{Client: reg, Ref: ref})
+			continue
+		}
+		local = append(local, ref.Name())
+	}
+	if len(local) > 0 {
+		outs = append(outs, &output.OCILayout{Dest: filepath.Join(root, "images"), Tags: local})
+	}
+	for _, o := range f.outputs {
+		kv, err := keyValues(strings.Split(o, ","), "--output", false)
+		if err != nil {
+			return nil, err
+		}
+		dest := kv["dest"]
+		if dest == "" {
+			return nil, fmt.Errorf("--output %q: dest= is required", o)
+		}
+		switch kv["type"] {
+		case "oci":
+			outs = append(outs, &output.OCILayout{Dest: dest, Tags: f.tags})
+		case "docker":
+			outs = append(outs, &output.DockerArchive{Dest: dest, Tags: f.tags})
+		default:
+			return nil, fmt.Errorf("--output %q: type must be oci or docker", o)
+		}
+	}
+	return outs, nil
+}

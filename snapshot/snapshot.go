@@ -1,0 +1,239 @@
+// Package snapshot owns the root filesystems a build works on and turns what
+// a step changed into a layer.
+//
+// Terms, once:
+//
+//   - A snapshot is a writable root filesystem stacked on a parent (a
+//     committed layer, or nothing for FROM scratch). Prepare creates and mounts
+//     one; the executor changes files under its Path.
+//   - Commit ends a snapshot: it unmounts it and exports what changed since
+//     the parent as a layer blob (a tar diff with OCI whiteouts, compressed)
+//     into the blob store. The snapshot's ID stays valid as the parent of the
+//     next step, so a stage is a chain of snapshots.
+//   - Remove throws a snapshot away (a failed step).
+//
+// A typical RUN step:
+//
+//	s, _ := store.Prepare(parentID)    // overlay mount, upper dir empty
+//	executor.Run(ctx, RunSpec{Rootfs: s.Path, ...})
+//	layer, _ := store.Commit(ctx, s)   // diff = the upper dir only
+//	next, _ := store.Prepare(layer.ID)
+//
+// The store underneath is go.podman.io/storage: overlay where it can mount
+// (the diff is read from the upper directory, so a commit costs what the
+// step changed), vfs otherwise.
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"go.podman.io/storage"
+	"go.podman.io/storage/pkg/archive"
+	storagetypes "go.podman.io/storage/types"
+)
+
+// Options configure a Store.
+type Options struct {
+	// Root is rbuild's state directory; the layer store, blobs and runtime
+	// state live below it.
+	Root string
+	// Driver forces a storage driver ("overlay" or "vfs"); empty tries
+	// overlay, then vfs.
+	Driver string
+	// Compression of new layers.
+	Compression Compression
+}
+
+// Store is the local layer store plus the blob store of compressed layers.
+type Store struct {
+	store       storage.Store
+	root        string
+	driver      string
+	compression Compression
+	Blobs       *Blobs
+
+	mu sync.Mutex
+}
+
+// Snapshot is a mounted, writable root filesystem.
+type Snapshot struct {
+	// ID is the storage layer id; after Commit it is the ID of the layer.
+	ID string
+	// Parent is the ID of the layer below, "" for scratch.
+	Parent string
+	// Path is where the root filesystem is mounted.
+	Path string
+}
+
+// Layer is a committed snapshot and its exported blob.
+type Layer struct {
+	// ID is the storage layer id: the parent for the next snapshot.
+	ID string
+	// Empty is true when the step changed nothing: no blob was written and
+	// the image gets no layer for it (history entry with empty_layer).
+	Empty     bool
+	DiffID    v1.Hash
+	Digest    v1.Hash
+	Size      int64
+	MediaType types.MediaType
+}
+
+// Open opens (creating when needed) the store under opts.Root.
+func Open(opts Options) (*Store, error) {
+	if opts.Root == "" {
+		return nil, errors.New("snapshot: no state directory")
+	}
+	drivers := []string{"overlay", "vfs"}
+	if opts.Driver != "" {
+		drivers = []string{opts.Driver}
+	}
+	var errs []error
+	for _, d := range drivers {
+		so := storagetypes.StoreOptions{
+			RunRoot:         filepath.Join(opts.Root, "run"),
+			GraphRoot:       filepath.Join(opts.Root, "storage"),
+			GraphDriverName: d,
+		}
+		if d == "overlay" {
+			so.GraphDriverOptions = []string{"overlay.mountopt=nodev"}
+		}
+		st, err := storage.GetStore(so)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d, err))
+			continue
+		}
+		blobs, err := NewBlobs(filepath.Join(opts.Root, "blobs"))
+		if err != nil {
+			_, _ = st.Shutdown(false)
+			return nil, err
+		}
+		return &Store{store: st, root: opts.Root, driver: d, compression: opts.Compression, Blobs: blobs}, nil
+	}
+	return nil, fmt.Errorf("opening layer store in %s: %w", opts.Root, errors.Join(errs...))
+}
+
+// Driver names the storage driver in use.
+func (s *Store) Driver() string { return s.driver }
+
+// Close releases the store's mounts and locks.
+func (s *Store) Close() error {
+	_, err := s.store.Shutdown(false)
+	return err
+}
+
+// Prepare creates a writable snapshot on top of parent ("" for scratch) and
+// mounts it.
+func (s *Store) Prepare(parent string) (*Snapshot, error) {
+	l, err := s.store.CreateLayer("", parent, nil, "", true, nil)
+	if err != nil {
+		return nil, fmt.Errorf("creating snapshot on %q: %w", short(parent), err)
+	}
+	path, err := s.store.Mount(l.ID, "")
+	if err != nil {
+		_ = s.store.DeleteLayer(l.ID)
+		return nil, fmt.Errorf("mounting snapshot: %w", err)
+	}
+	return &Snapshot{ID: l.ID, Parent: parent, Path: path}, nil
+}
+
+// Mount mounts a committed layer to read from it (COPY --from) and returns
+// its path and a function that releases the mount.
+func (s *Store) Mount(id string) (string, func(), error) {
+	if id == "" {
+		// scratch: an empty directory.
+		dir, err := os.MkdirTemp(s.root, "scratch-")
+		if err != nil {
+			return "", nil, err
+		}
+		return dir, func() { _ = os.RemoveAll(dir) }, nil
+	}
+	path, err := s.store.Mount(id, "")
+	if err != nil {
+		return "", nil, fmt.Errorf("mounting layer %s: %w", short(id), err)
+	}
+	return path, func() { _, _ = s.store.Unmount(id, false) }, nil
+}
+
+// Commit unmounts the snapshot and exports its diff against the parent as
+// a compressed layer blob.
+func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
+	if _, err := s.store.Unmount(snap.ID, true); err != nil {
+		return nil, fmt.Errorf("unmounting snapshot: %w", err)
+	}
+	rc, err := s.store.Diff(snap.Parent, snap.ID, &storage.DiffOptions{Compression: ptr(archive.Uncompressed)})
+	if err != nil {
+		return nil, fmt.Errorf("reading snapshot diff: %w", err)
+	}
+	defer rc.Close()
+	w, err := s.Blobs.NewLayerWriter(s.compression)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := normalize(ctx, rc, w)
+	if err != nil {
+		w.Abort()
+		return nil, fmt.Errorf("exporting layer: %w", err)
+	}
+	if entries == 0 {
+		w.Abort()
+		return &Layer{ID: snap.ID, Empty: true}, nil
+	}
+	info, err := w.Commit()
+	if err != nil {
+		return nil, err
+	}
+	info.ID = snap.ID
+	return info, nil
+}
+
+// Remove unmounts and deletes a snapshot that will not be committed.
+func (s *Store) Remove(snap *Snapshot) error {
+	_, _ = s.store.Unmount(snap.ID, true)
+	return s.store.DeleteLayer(snap.ID)
+}
+
+// Exists reports whether a layer id is in the store.
+func (s *Store) Exists(id string) bool {
+	_, err := s.store.Layer(id)
+	return err == nil
+}
+
+// PutLayer stores a base image layer from its blob under a fixed id (the
+// layer's chain ID, so each base layer is stored once) on top of parent.
+// The blob may be compressed; storage detects the format.
+func (s *Store) PutLayer(id, parent string, blob io.Reader) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Exists(id) {
+		return nil
+	}
+	if _, _, err := s.store.PutLayer(id, parent, nil, "", false, nil, blob); err != nil {
+		if errors.Is(err, storage.ErrDuplicateID) {
+			return nil
+		}
+		return fmt.Errorf("storing layer %s: %w", short(id), err)
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Delete removes a committed layer from the store.
+func (s *Store) Delete(id string) error {
+	return s.store.DeleteLayer(id)
+}
