@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -24,17 +25,43 @@ type baseImage struct {
 	top string
 }
 
-// pull resolves ref for the build's platform and makes sure every layer is
+type pullOnce struct {
+	once sync.Once
+	img  *baseImage
+	err  error
+}
+
+// pull resolves ref once per build and platform; stages that name the same
+// image share the result.
+func (b *build) pull(ctx context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
+	k := refStr + "|" + platform.String()
+	b.mu.Lock()
+	p := b.pulls[k]
+	if p == nil {
+		p = &pullOnce{}
+		b.pulls[k] = p
+	}
+	b.mu.Unlock()
+	p.once.Do(func() { p.img, p.err = b.pullImage(ctx, refStr, platform) })
+	return p.img, p.err
+}
+
+// pullImage resolves ref for the build's platform and makes sure every layer is
 // in the local store and blob store, downloading only the missing ones
 // (concurrently) and storing each layer once, under its chain ID.
-func (b *build) pull(ctx context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
+func (b *build) pullImage(ctx context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
 	ref, err := b.reg.ParseReference(refStr)
 	if err != nil {
 		return nil, fmt.Errorf("invalid image reference %q: %w", refStr, err)
 	}
-	img, err := b.reg.Image(ctx, ref, platform)
+	img, local, err := b.localImage(ref, platform)
 	if err != nil {
 		return nil, err
+	}
+	if !local {
+		if img, err = b.reg.Image(ctx, ref, platform); err != nil {
+			return nil, err
+		}
 	}
 	digest, err := img.Digest()
 	if err != nil {
@@ -52,7 +79,11 @@ func (b *build) pull(ctx context.Context, refStr string, platform v1.Platform) (
 	if len(manifest.Layers) != len(cfg.RootFS.DiffIDs) {
 		return nil, fmt.Errorf("%s: manifest has %d layers but config lists %d", refStr, len(manifest.Layers), len(cfg.RootFS.DiffIDs))
 	}
-	b.logf("FROM %s@%s", ref.Context().String(), digest)
+	where := ""
+	if local {
+		where = " (local image store)"
+	}
+	b.logf("resolved %s to %s@%s%s", refStr, ref.Context().String(), digest, where)
 	base := &baseImage{ref: refStr, digest: digest, cfg: cfg}
 	ids := chainIDs(cfg.RootFS.DiffIDs)
 	base.layers = make([]snapshot.Layer, len(manifest.Layers))

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
@@ -37,9 +38,14 @@ type build struct {
 	usedArgs map[string]bool
 	excluded func(string) bool
 	stages   []*stage
-	log      io.Writer
+	log      *progress
 	warnOut  io.Writer
 	stateDir string
+
+	mu sync.Mutex // guards usedArgs and pulls
+	// pulls shares one pull of each base image between the stages that
+	// name it.
+	pulls map[string]*pullOnce
 }
 
 // Build runs a build and delivers the image to opts.Outputs.
@@ -80,8 +86,9 @@ func newBuild(opts *Options) (*build, error) {
 		df:       df,
 		lex:      shell.NewLex(df.escape),
 		usedArgs: map[string]bool{},
-		log:      opts.Progress,
+		log:      &progress{w: opts.Progress},
 		warnOut:  opts.Warnings,
+		pulls:    map[string]*pullOnce{},
 	}
 	for _, w := range df.warnings {
 		b.warn("%s", w)
@@ -127,11 +134,21 @@ func (b *build) close() {
 }
 
 func (b *build) logf(format string, args ...any) {
-	fmt.Fprintf(b.log, format+"\n", args...)
+	b.log.printf(format, args...)
 }
 
 func (b *build) warn(format string, args ...any) {
+	if b.warnOut == b.log.w {
+		b.log.printf("WARNING: "+format, args...)
+		return
+	}
 	fmt.Fprintf(b.warnOut, "WARNING: "+format+"\n", args...)
+}
+
+func (b *build) useArg(k string) {
+	b.mu.Lock()
+	b.usedArgs[k] = true
+	b.mu.Unlock()
 }
 
 func parsePlatform(s string) (v1.Platform, error) {
@@ -183,7 +200,7 @@ func (b *build) evalGlobalArgs() error {
 	}
 	for _, cmd := range b.df.metaArgs {
 		for _, a := range cmd.Args {
-			b.usedArgs[a.Key] = true
+			b.useArg(a.Key)
 			if v, ok := b.opts.BuildArgs[a.Key]; ok {
 				b.globalArgs[a.Key] = v
 				continue
@@ -230,7 +247,7 @@ func (b *build) execute(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("target stage %q not found in %s", b.opts.Target, b.df.name)
 		}
 	}
-	if err := b.ensureStage(ctx, target); err != nil {
+	if err := b.buildTarget(ctx, target); err != nil {
 		return nil, err
 	}
 	b.warnUnusedArgs()

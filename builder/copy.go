@@ -138,7 +138,7 @@ func (b *build) fromRoot(ctx context.Context, s *stage, from string) (root, key 
 	}
 	img, err := b.pull(ctx, from, s.platform)
 	if err != nil {
-		return "", "", nil, err
+		return "", "", nil, fmt.Errorf("--from=%s: no stage of that name, and as an image: %w", from, err)
 	}
 	root, release, err = b.store.Mount(img.top)
 	return root, img.digest.String(), release, err

@@ -182,7 +182,7 @@ func (b *build) arg(s *stage, c *instructions.ArgCommand) error {
 	var commit []string
 	env := shell.EnvsFromSlice(s.env())
 	for _, a := range c.Args {
-		b.usedArgs[a.Key] = true
+		b.useArg(a.Key)
 		var val *string
 		if v, ok := b.opts.BuildArgs[a.Key]; ok {
 			val = &v

@@ -56,6 +56,8 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 	}
 	createdBy := "RUN " + runCommandString(args, s.argEnv()) + " # buildkit"
 	return b.step(ctx, s, kb.Key(), createdBy, func(rootfs string) error {
+		out := b.log.lineWriter("  " + s.label() + "| ")
+		defer out.Flush()
 		spec := executor.RunSpec{
 			Rootfs:   rootfs,
 			Args:     args,
@@ -64,8 +66,8 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 			User:     cfg.User,
 			Network:  network,
 			StateDir: b.stateDir,
-			Stdout:   b.log,
-			Stderr:   b.log,
+			Stdout:   out,
+			Stderr:   out,
 		}
 		if script != nil {
 			dir, err := os.MkdirTemp(b.stateDir, "heredoc-")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -12,6 +13,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	"github.com/rbuild/rbuild/cache"
 	"github.com/rbuild/rbuild/snapshot"
+	"golang.org/x/sync/errgroup"
 )
 
 // defaultPath is the PATH Docker gives a Linux image that sets none.
@@ -26,7 +28,10 @@ type stage struct {
 	baseOf   *stage // FROM an earlier stage
 	platform v1.Platform
 
-	done, building bool
+	// once builds the stage a single time, whichever goroutine needs it
+	// first; the others wait for it.
+	once sync.Once
+	err  error
 
 	cfg    *v1.ConfigFile
 	layers []snapshot.Layer
@@ -86,18 +91,55 @@ func (b *build) plan() error {
 	return nil
 }
 
-// ensureStage builds s (and, through its instructions, the stages it
-// needs) once.
+// ensureStage builds s once, waiting when another goroutine is building
+// it. Stages only depend on earlier stages, so waiting cannot deadlock.
 func (b *build) ensureStage(ctx context.Context, s *stage) error {
-	if s.done {
-		return nil
-	}
-	if s.building {
-		return fmt.Errorf("%s:%d: stage %q depends on itself", b.df.name, line(s.inst.Location), s.name)
-	}
-	s.building = true
-	defer func() { s.building = false }()
+	s.once.Do(func() { s.err = b.buildStage(ctx, s) })
+	return s.err
+}
 
+// buildTarget builds target and, concurrently, every stage it needs that
+// can be found before running anything (FROM and COPY --from references).
+func (b *build) buildTarget(ctx context.Context, target *stage) error {
+	need := map[*stage]bool{}
+	b.dependencies(target, need)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, s := range b.stages {
+		if need[s] && s != target {
+			g.Go(func() error { return b.ensureStage(gctx, s) })
+		}
+	}
+	g.Go(func() error { return b.ensureStage(gctx, target) })
+	return g.Wait()
+}
+
+// dependencies adds to need the stages s needs, found statically.
+func (b *build) dependencies(s *stage, need map[*stage]bool) {
+	if need[s] {
+		return
+	}
+	need[s] = true
+	if s.baseOf != nil {
+		b.dependencies(s.baseOf, need)
+	}
+	genv := shell.EnvsFromSlice(envList(b.globalArgs))
+	for _, cmd := range s.inst.Commands {
+		c, ok := cmd.(*instructions.CopyCommand)
+		if !ok || c.From == "" {
+			continue
+		}
+		from, _, err := b.lex.ProcessWord(c.From, genv)
+		if err != nil {
+			continue // reported when the step runs
+		}
+		if dep := b.stageByName(from); dep != nil && dep.index < s.index {
+			b.dependencies(dep, need)
+		}
+	}
+}
+
+// buildStage runs the instructions of s on its base.
+func (b *build) buildStage(ctx context.Context, s *stage) error {
 	var triggers []string
 	fromLine := line(s.inst.Location)
 	switch {
@@ -118,8 +160,9 @@ func (b *build) ensureStage(ctx context.Context, s *stage) error {
 		if err != nil {
 			return &stepError{file: b.df.name, line: fromLine, inst: "FROM", err: err}
 		}
-		s.cfg = img.cfg
-		s.layers = img.layers
+		// The pull is shared with other stages: copy what gets changed.
+		s.cfg = img.cfg.DeepCopy()
+		s.layers = append([]snapshot.Layer(nil), img.layers...)
 		s.top = img.top
 		s.key = cache.NewKey("").Add("from", img.digest.String()).Add("platform", s.platform.String()).Key()
 		triggers = img.cfg.Config.OnBuild
@@ -146,7 +189,6 @@ func (b *build) ensureStage(ctx context.Context, s *stage) error {
 			return err
 		}
 	}
-	s.done = true
 	return nil
 }
 

@@ -128,7 +128,7 @@ func newCopyPlan(ctx context.Context, spec CopySpec, download bool) (*copyPlan, 
 	for _, arg := range spec.Sources {
 		if isURL(arg) {
 			if !spec.Add {
-				return nil, fmt.Errorf("COPY: source can't be a URL: %s (use ADD)", arg)
+				return nil, fmt.Errorf("source can't be a URL for COPY: %s", arg)
 			}
 			s := &copySource{arg: arg, url: arg, name: urlFileName(arg)}
 			p.sources = append(p.sources, s)
@@ -586,15 +586,10 @@ func (c *treeCopier) copyDirContents(ctx context.Context, srcDir, srcRel, dstDir
 	return nil
 }
 
+// readDirSorted lists a directory in name order (os.ReadDir sorts), the
+// order fsutil copies in and SourceDigest hashes in.
 func readDirSorted(dir string) ([]fs.DirEntry, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	// ReadDir sorts already; keep the order explicit since copy order is
-	// part of the digest contract.
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
-	return entries, nil
+	return os.ReadDir(dir)
 }
 
 // copyEntry copies one entry (recursively for a directory) to target, whose

@@ -89,9 +89,7 @@ type ExitError struct {
 }
 
 func (e *ExitError) Error() string {
-	msg := fmt.Sprintf("exit code %d", e.Code)
-	if e.Tail != "" {
-		msg += ": " + e.Tail
-	}
-	return msg
+	// The tail is not part of the one-line message; rbuild prints it
+	// below the error.
+	return fmt.Sprintf("exit code %d", e.Code)
 }

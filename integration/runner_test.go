@@ -115,6 +115,12 @@ func prepareRun(t testing.TB, work string, c *Case, mode string, acct *account, 
 		if err := acct.Chown(r.Dir); err != nil {
 			t.Fatalf("chown run directory: %v", err)
 		}
+		// chown clears setuid and setgid bits: set the modes again.
+		for i, s := range c.Setup {
+			if err := applySetup(r.Context, SetupStep{Chmod: s.Chmod}); err != nil {
+				t.Fatalf("setup[%d] chmod after chown: %v", i, err)
+			}
+		}
 	}
 
 	r.Tag = fmt.Sprintf("%s/cases/%s:%s", b.Registry, c.Name, mode)

@@ -92,9 +92,9 @@ func writeLayout(dir string, img v1.Image, tags []string) error {
 		// is what rbuild itself matches on.
 		ann := map[string]string{
 			"org.opencontainers.image.ref.name": ref.Identifier(),
-			"io.containerd.image.name":          ref.Name(),
+			"io.containerd.image.name":          registry.ImageName(ref),
 		}
-		if err := p.ReplaceImage(img, matchImageName(ref.Name()), layout.WithAnnotations(ann)); err != nil {
+		if err := p.ReplaceImage(img, matchImageName(registry.ImageName(ref)), layout.WithAnnotations(ann)); err != nil {
 			return err
 		}
 	}

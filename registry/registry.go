@@ -172,3 +172,14 @@ func oneLine(err error) error {
 	}
 	return errors.New(strings.Join(strings.Fields(s), " "))
 }
+
+// ImageName is the full name under which an image is stored locally, as
+// containerd and Docker spell it: "docker.io/library/app:latest", not
+// go-containerregistry's "index.docker.io/...".
+func ImageName(ref name.Reference) string {
+	n := ref.Name()
+	if ref.Context().RegistryStr() == name.DefaultRegistry {
+		n = "docker.io/" + strings.TrimPrefix(n, name.DefaultRegistry+"/")
+	}
+	return n
+}

@@ -110,7 +110,7 @@ func Open(opts Options) (*Store, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", d, err))
 			continue
 		}
-		blobs, err := NewBlobs(filepath.Join(opts.Root, "blobs"))
+		blobs, err := NewBlobs(BlobDir(opts.Root))
 		if err != nil {
 			_, _ = st.Shutdown(false)
 			return nil, err
@@ -118,6 +118,18 @@ func Open(opts Options) (*Store, error) {
 		return &Store{store: st, root: opts.Root, driver: d, compression: opts.Compression, Blobs: blobs}, nil
 	}
 	return nil, fmt.Errorf("opening layer store in %s: %w", opts.Root, errors.Join(errs...))
+}
+
+// BlobDir is where the blob store lives under a state directory: the blobs
+// directory of the local image store's OCI layout, so that images stored
+// locally share their layer blobs with the build instead of copying them.
+func BlobDir(root string) string {
+	return filepath.Join(ImageDir(root), "blobs")
+}
+
+// ImageDir is the local image store: an OCI image layout.
+func ImageDir(root string) string {
+	return filepath.Join(root, "images")
 }
 
 // Driver names the storage driver in use.
@@ -168,6 +180,18 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 	if _, err := s.store.Unmount(snap.ID, true); err != nil {
 		return nil, fmt.Errorf("unmounting snapshot: %w", err)
 	}
+	lower := func(string) (os.FileInfo, bool) { return nil, false }
+	if snap.Parent != "" {
+		root, release, err := s.Mount(snap.Parent)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		lower = func(name string) (os.FileInfo, bool) {
+			fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(name)))
+			return fi, err == nil
+		}
+	}
 	rc, err := s.store.Diff(snap.Parent, snap.ID, &storage.DiffOptions{Compression: ptr(archive.Uncompressed)})
 	if err != nil {
 		return nil, fmt.Errorf("reading snapshot diff: %w", err)
@@ -177,7 +201,7 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := normalize(ctx, rc, w)
+	entries, err := normalize(ctx, rc, w, lower)
 	if err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("exporting layer: %w", err)

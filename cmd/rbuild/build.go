@@ -229,7 +229,7 @@ func outputs(f *buildFlags, reg *registry.Client, root string) ([]output.Output,
 		local = append(local, ref.Name())
 	}
 	if len(local) > 0 {
-		outs = append(outs, &output.OCILayout{Dest: filepath.Join(root, "images"), Tags: local})
+		outs = append(outs, &output.OCILayout{Dest: snapshot.ImageDir(root), Tags: local})
 	}
 	for _, o := range f.outputs {
 		kv, err := keyValues(strings.Split(o, ","), "--output", false)

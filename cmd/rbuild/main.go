@@ -6,9 +6,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/rbuild/rbuild/executor"
@@ -28,6 +30,13 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
+		var exit *executor.ExitError
+		if errors.As(err, &exit) && exit.Tail != "" {
+			fmt.Fprintln(os.Stderr, "last output of the failed step:")
+			for _, l := range strings.Split(strings.TrimRight(exit.Tail, "\n"), "\n") {
+				fmt.Fprintln(os.Stderr, "  "+l)
+			}
+		}
 		os.Exit(1)
 	}
 }
