@@ -96,9 +96,14 @@ func newBuild(opts *Options) (*build, error) {
 	if b.platform, err = parsePlatform(opts.Platform); err != nil {
 		return nil, err
 	}
+	// A Dockerfile from standard input has no Dockerfile-specific ignore
+	// file next to it.
 	dfPath := opts.Dockerfile
-	if dfPath == "" || dfPath == "-" {
+	if dfPath == "" && opts.DockerfileContent == nil {
 		dfPath = filepath.Join(opts.ContextDir, "Dockerfile")
+	}
+	if opts.DockerfileContent != nil {
+		dfPath = ""
 	}
 	if b.excluded, err = executor.LoadIgnore(opts.ContextDir, dfPath); err != nil {
 		return nil, err

@@ -74,6 +74,9 @@ func (b *build) copy(ctx context.Context, s *stage, a copyArgs) error {
 		}
 		defer release()
 		spec.SrcRoot = root
+		// Files from another stage or image keep their owners (only the
+		// context's files are reset to 0:0, as Docker's client does).
+		spec.PreserveOwnership = true
 		srcKey = "from:" + key
 	default:
 		spec.SrcRoot = b.opts.ContextDir

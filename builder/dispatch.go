@@ -65,8 +65,13 @@ func (b *build) dispatch(ctx context.Context, s *stage, cmd instructions.Command
 	case *instructions.RunCommand:
 		return wrap(b.run(ctx, s, c))
 	case *instructions.CopyCommand:
+		// Like FROM, --from sees the global args only (BuildKit).
+		from, _, err := b.lex.ProcessWord(c.From, shell.EnvsFromSlice(envList(b.globalArgs)))
+		if err != nil {
+			return wrap(err)
+		}
 		return wrap(b.copy(ctx, s, copyArgs{
-			srcs: c.SourcesAndDest, from: c.From, chown: c.Chown, chmod: c.Chmod,
+			srcs: c.SourcesAndDest, from: from, chown: c.Chown, chmod: c.Chmod,
 			excludes: c.ExcludePatterns, parents: c.Parents, name: "COPY",
 		}))
 	case *instructions.AddCommand:

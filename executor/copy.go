@@ -199,7 +199,7 @@ func (p *copyPlan) resolveLocal(arg string) ([]*copySource, error) {
 	// builder's message).
 	rel := path.Clean(strings.TrimLeft(filepath.ToSlash(arg), "/"))
 	if rel == ".." || strings.HasPrefix(rel, "../") {
-		return nil, fmt.Errorf("%s failed: forbidden path outside the build context: %s", p.op, arg)
+		return nil, fmt.Errorf("forbidden path outside the build context: %s", arg)
 	}
 
 	prefix, pattern := splitWildcards(rel)

@@ -285,7 +285,7 @@ func TestCopyCannotEscapeContext(t *testing.T) {
 	cpWrite(t, filepath.Join(filepath.Dir(ctxDir), "outside.txt"), "secret", 0o644)
 	for _, src := range []string{"../outside.txt", "/../outside.txt", "a/../../outside.txt", ".."} {
 		err := Copy(context.Background(), CopySpec{SrcRoot: ctxDir, Sources: []string{src}, Dest: "/x/", DstRoot: dst})
-		want := "COPY failed: forbidden path outside the build context: " + src
+		want := "forbidden path outside the build context: " + src
 		if err == nil || err.Error() != want {
 			t.Errorf("%s: err %v, want %q", src, err, want)
 		}
