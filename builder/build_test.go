@@ -389,3 +389,80 @@ func TestExposedPorts(t *testing.T) {
 		}
 	}
 }
+
+func TestRunMounts(t *testing.T) {
+	tb := newTestBuild(t)
+	tb.file("src/main.txt", "from the context\n")
+	secretFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(secretFile, []byte("s3cr3t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	df := `ARG REGISTRY
+FROM ${REGISTRY}/busybox
+ARG N=1
+RUN --mount=type=cache,target=/cache,id=c1 echo "$N" >> /cache/runs && cat /cache/runs | wc -l > /runs
+RUN --mount=type=bind,source=src,target=/mnt cat /mnt/main.txt > /bound
+RUN --mount=type=bind,source=src,target=/mnt,rw echo scribble > /mnt/main.txt
+RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && test -f /scratch/x
+RUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /secret-len
+RUN --mount=type=secret,id=token,env=TOKEN test "$TOKEN" = s3cr3t && echo ok > /secret-env
+`
+	opts := func(n string) func(*Options) {
+		return func(o *Options) {
+			o.BuildArgs["N"] = n
+			o.Secrets = []Secret{{ID: "token", Src: secretFile}}
+		}
+	}
+	res := tb.mustBuild(df, opts("1"))
+	fs := files(t, res.Image)
+	if fs["/runs"].data != "1\n" || fs["/bound"].data != "from the context\n" {
+		t.Errorf("/runs = %q, /bound = %q", fs["/runs"].data, fs["/bound"].data)
+	}
+	if strings.TrimSpace(fs["/secret-len"].data) != "6" || fs["/secret-env"].data != "ok\n" {
+		t.Errorf("secret: len %q env %q", fs["/secret-len"].data, fs["/secret-env"].data)
+	}
+	for _, p := range []string{"/cache", "/cache/runs", "/mnt", "/scratch", "/run/secrets/token", "/run/secrets", "/run"} {
+		if _, ok := fs[p]; ok {
+			t.Errorf("mount %s leaked into the image", p)
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(tb.ctx, "src/main.txt")); string(got) != "from the context\n" {
+		t.Errorf("a read-write bind changed the build context: %q", got)
+	}
+	for _, layerTar := range layerContents(t, res.Image) {
+		if strings.Contains(layerTar, "s3cr3t") {
+			t.Errorf("the secret's value is in a layer")
+		}
+	}
+	// The cache directory persists: a second run (new arg value, so the
+	// step re-runs) sees the first run's file.
+	res = tb.mustBuild(df, opts("2"))
+	if got := files(t, res.Image)["/runs"].data; got != "2\n" {
+		t.Errorf("/runs = %q on the second build, want the cache mount to persist", got)
+	}
+	// A missing required secret is an error naming it.
+	_, err := tb.build("FROM "+testRegistry+"/busybox\nRUN --mount=type=secret,id=nope,required cat /run/secrets/nope\n", nil)
+	if err == nil || !strings.Contains(err.Error(), `secret "nope" is required`) {
+		t.Errorf("missing required secret: %v", err)
+	}
+}
+
+// layerContents returns each layer's uncompressed tar as a string.
+func layerContents(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		out = append(out, string(data))
+	}
+	return out
+}

@@ -49,6 +49,8 @@ type Options struct {
 	InsecureRegistries []string
 	// Keychain supplies registry credentials; nil means Docker's config.
 	Keychain authn.Keychain
+	// Secrets are available to RUN --mount=type=secret.
+	Secrets []Secret
 	// Outputs receive the finished image.
 	Outputs []output.Output
 	// Progress receives the build log; nil discards it.

@@ -15,9 +15,6 @@ import (
 
 // run executes a RUN instruction in the sandbox on a new snapshot.
 func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) error {
-	if mounts := instructions.GetMounts(c); len(mounts) > 0 {
-		return fmt.Errorf("RUN --mount is not supported yet")
-	}
 	network := b.opts.Network
 	switch instructions.GetNetwork(c) {
 	case instructions.NetworkNone:
@@ -40,6 +37,11 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 	if c.PrependShell {
 		args = withShell(cfg.Shell, args)
 	}
+	mounts, mountKey, secretEnv, release, err := b.runMounts(ctx, s, c)
+	if err != nil {
+		return err
+	}
+	defer release()
 	env := s.env()
 	wd := cfg.WorkingDir
 	if wd == "" {
@@ -50,7 +52,8 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 		AddList("env", env).
 		Add("user", cfg.User).
 		Add("workdir", wd).
-		Add("network", network)
+		Add("network", network).
+		AddList("mounts", mountKey)
 	if script != nil {
 		kb.Add("heredoc", script.name+"\x00"+script.data)
 	}
@@ -61,7 +64,8 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 		spec := executor.RunSpec{
 			Rootfs:   rootfs,
 			Args:     args,
-			Env:      env,
+			Env:      append(append([]string(nil), env...), secretEnv...),
+			Mounts:   mounts,
 			Dir:      wd,
 			User:     cfg.User,
 			Network:  network,

@@ -38,11 +38,15 @@ type RunSpec struct {
 	Stdout, Stderr io.Writer
 }
 
-// Mount is a bind mount of a host path into the sandbox.
+// Mount is a bind mount of a host path, or a tmpfs, in the sandbox.
 type Mount struct {
+	// Type is "bind" (the default when empty) or "tmpfs" (Source unused).
+	Type     string
 	Source   string
 	Target   string
 	ReadOnly bool
+	// Size limits a tmpfs, in bytes; 0 means the kernel's default.
+	Size int64
 }
 
 // CopySpec describes one COPY or ADD step.

@@ -122,7 +122,10 @@ func Run(ctx context.Context, spec RunSpec) (retErr error) {
 
 	mounts := make([]Mount, 0, len(spec.Mounts))
 	for _, m := range spec.Mounts {
-		if m.Source == "" || m.Target == "" {
+		if m.Type != "" && m.Type != "bind" && m.Type != "tmpfs" {
+			return fmt.Errorf("run: mount %+v: unknown type", m)
+		}
+		if (m.Source == "" && m.Type != "tmpfs") || m.Target == "" {
 			return fmt.Errorf("run: mount %+v: source and target are required", m)
 		}
 		target := m.Target
@@ -140,6 +143,11 @@ func Run(ctx context.Context, spec RunSpec) (retErr error) {
 	targets := []string{"/proc", "/dev", "/sys", "/etc/hosts", "/etc/resolv.conf"}
 	isDir := []bool{true, true, true, false, false}
 	for _, m := range mounts {
+		if m.Type == "tmpfs" {
+			targets = append(targets, m.Target)
+			isDir = append(isDir, true)
+			continue
+		}
 		st, err := os.Stat(m.Source)
 		if err != nil {
 			return fmt.Errorf("run: mount source: %w", err)

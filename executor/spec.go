@@ -213,6 +213,14 @@ func newConfig(s sandboxSpec, cgroupName string) (*configs.Config, error) {
 		specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: s.resolv, Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}},
 	)
 	for _, m := range s.mounts {
+		if m.Type == "tmpfs" {
+			opts := []string{"nosuid", "nodev"}
+			if m.Size > 0 {
+				opts = append(opts, fmt.Sprintf("size=%d", m.Size))
+			}
+			mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "tmpfs", Source: "tmpfs", Options: opts})
+			continue
+		}
 		opts := []string{"rbind"}
 		if m.ReadOnly {
 			opts = append(opts, "ro")

@@ -22,7 +22,7 @@ root=$(dirname "$here")
 pattern=${1:-TestDockerParity}
 
 sh "$root/scripts/test-deps.sh"
-if [ ! -x /usr/bin/dockerd ] || [ ! -x /usr/bin/docker ]; then
+if [ ! -x /usr/sbin/dockerd ] || [ ! -x /usr/bin/docker ]; then
 	echo "regen-expected: installing docker.io" >&2
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
@@ -48,7 +48,7 @@ trap cleanup EXIT INT TERM
 
 # 127.0.0.0/8 is an insecure registry for dockerd by default, so the
 # harness's registry on 127.0.0.1:PORT needs no flag.
-/usr/bin/dockerd \
+/usr/sbin/dockerd \
 	--data-root "$work/data" \
 	--exec-root "$work/exec" \
 	--pidfile "$work/dockerd.pid" \

@@ -222,6 +222,9 @@ func applyOCI(t *testing.T, dir string, es []entry) {
 		switch {
 		case base == ".wh..wh..opq":
 			d := filepath.Join(dir, parent)
+			if fi, err := os.Lstat(d); err != nil || !fi.IsDir() {
+				continue // nothing below to hide (a new directory, maybe over a file)
+			}
 			children, err := os.ReadDir(d)
 			if err != nil {
 				t.Fatalf("opaque whiteout in %s: %v", parent, err)

@@ -37,6 +37,7 @@ type buildFlags struct {
 	driver             string
 	compression        string
 	compressionLevel   int
+	secrets            []string
 }
 
 func newRootCommand() *cobra.Command {
@@ -82,6 +83,7 @@ func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
 	fl.StringArrayVar(&f.insecureRegistries, "insecure-registry", nil, "reach this registry over plain HTTP (repeatable)")
 	fl.StringVar(&f.root, "root", "", "state directory (default $RBUILD_ROOT, /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild otherwise)")
 	fl.StringVar(&f.driver, "storage-driver", "", "layer store driver: overlay or vfs (default: overlay where it mounts)")
+	fl.StringArrayVar(&f.secrets, "secret", nil, "a secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR")
 	fl.StringVar(&f.compression, "compression", "gzip", "layer compression: gzip or zstd")
 	fl.IntVar(&f.compressionLevel, "compression-level", 0, "compression level (0: the algorithm's default)")
 }
@@ -124,6 +126,9 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 		return err
 	}
 	if opts.Labels, err = keyValues(f.labels, "--label", false); err != nil {
+		return err
+	}
+	if opts.Secrets, err = parseSecrets(f.secrets); err != nil {
 		return err
 	}
 	if f.file == "-" {
@@ -250,4 +255,42 @@ func outputs(f *buildFlags, reg *registry.Client, root string) ([]output.Output,
 		}
 	}
 	return outs, nil
+}
+
+// parseSecrets reads --secret values as docker buildx does:
+// id=ID[,src=FILE|,env=VAR][,type=file|env]; with neither src nor env, the
+// environment variable named ID is used if set, else the file named ID.
+func parseSecrets(list []string) ([]builder.Secret, error) {
+	var out []builder.Secret
+	for _, v := range list {
+		kv, err := keyValues(strings.Split(v, ","), "--secret", false)
+		if err != nil {
+			return nil, err
+		}
+		sec := builder.Secret{ID: kv["id"], Src: kv["src"], Env: kv["env"]}
+		if sec.Src == "" {
+			sec.Src = kv["source"]
+		}
+		if sec.ID == "" {
+			return nil, fmt.Errorf("--secret %q: id= is required", v)
+		}
+		switch kv["type"] {
+		case "env":
+			if sec.Env == "" {
+				sec.Env, sec.Src = sec.Src, ""
+			}
+		case "", "file":
+		default:
+			return nil, fmt.Errorf("--secret %q: type must be file or env", v)
+		}
+		if sec.Src == "" && sec.Env == "" {
+			if _, ok := os.LookupEnv(sec.ID); ok {
+				sec.Env = sec.ID
+			} else {
+				sec.Src = sec.ID
+			}
+		}
+		out = append(out, sec)
+	}
+	return out, nil
 }
