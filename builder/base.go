@@ -14,15 +14,16 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// baseImage is an image pulled into the local store.
+// baseImage is a resolved base image. Its layers are not downloaded yet:
+// that happens only when a step needs the root filesystem (materialize),
+// so a build whose steps are all cached never downloads a base layer.
 type baseImage struct {
 	ref    string
 	digest v1.Hash
 	cfg    *v1.ConfigFile
+	// layers carry their chain IDs as store IDs; the store may not have
+	// them yet.
 	layers []snapshot.Layer
-	// top is the store ID of the topmost layer ("" for an image with no
-	// layers).
-	top string
 }
 
 type pullOnce struct {
@@ -33,7 +34,7 @@ type pullOnce struct {
 
 // pull resolves ref once per build and platform; stages that name the same
 // image share the result.
-func (b *build) pull(ctx context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
+func (b *build) pull(_ context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
 	k := refStr + "|" + platform.String()
 	b.mu.Lock()
 	p := b.pulls[k]
@@ -42,14 +43,15 @@ func (b *build) pull(ctx context.Context, refStr string, platform v1.Platform) (
 		b.pulls[k] = p
 	}
 	b.mu.Unlock()
-	p.once.Do(func() { p.img, p.err = b.pullImage(ctx, refStr, platform) })
+	// The image handle serves layer fetches until the export, after the
+	// stage that asked for it is done: bind it to the build's context.
+	p.once.Do(func() { p.img, p.err = b.resolveImage(b.ctx, refStr, platform) })
 	return p.img, p.err
 }
 
-// pullImage resolves ref for the build's platform and makes sure every layer is
-// in the local store and blob store, downloading only the missing ones
-// (concurrently) and storing each layer once, under its chain ID.
-func (b *build) pullImage(ctx context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
+// resolveImage reads ref's manifest and config (from the local image store,
+// or the registry) and records where each layer blob can be fetched.
+func (b *build) resolveImage(ctx context.Context, refStr string, platform v1.Platform) (*baseImage, error) {
 	ref, err := b.reg.ParseReference(refStr)
 	if err != nil {
 		return nil, fmt.Errorf("invalid image reference %q: %w", refStr, err)
@@ -95,67 +97,127 @@ func (b *build) pullImage(ctx context.Context, refStr string, platform v1.Platfo
 			Size:      d.Size,
 			MediaType: ociMediaType(d.MediaType),
 		}
+		b.addSource(d.Digest, func() (v1.Layer, error) { return img.LayerByDigest(d.Digest) })
 	}
-	// Download missing blobs concurrently; apply in order, since each
-	// layer is stored on top of its parent.
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for i := range base.layers {
-		l := base.layers[i]
-		if b.store.Exists(l.ID) && b.store.Blobs.Has(l.Digest) {
-			continue
-		}
-		g.Go(func() error {
-			if b.store.Blobs.Has(l.Digest) {
-				return nil
-			}
-			layer, err := img.LayerByDigest(l.Digest)
-			if err != nil {
-				return fmt.Errorf("%s: layer %s: %w", refStr, l.Digest, err)
-			}
-			rc, err := layer.Compressed()
-			if err != nil {
-				return fmt.Errorf("%s: fetching layer %s: %w", refStr, l.Digest, err)
-			}
-			defer rc.Close()
-			if _, err := b.store.Blobs.Put(l.Digest, ctxReader{gctx, rc}); err != nil {
-				return fmt.Errorf("%s: fetching layer %s: %w", refStr, l.Digest, err)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	parent := ""
-	for _, l := range base.layers {
-		if !b.store.Exists(l.ID) {
-			if err := b.applyBlob(l, parent); err != nil {
-				return nil, fmt.Errorf("%s: %w", refStr, err)
-			}
-		}
-		parent = l.ID
-	}
-	base.top = parent
 	return base, nil
 }
 
-// applyBlob unpacks a stored blob as a store layer, checking that the
-// uncompressed stream matches the diffID the config promised.
-func (b *build) applyBlob(l snapshot.Layer, parent string) error {
+// addSource records where a blob can be fetched when it is not local.
+func (b *build) addSource(d v1.Hash, open func() (v1.Layer, error)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.sources[d]; !ok {
+		b.sources[d] = open
+	}
+}
+
+// layer returns a layer of the image being assembled: from the blob store
+// when the blob is here, else from where it was found (a registry layer,
+// which a push to the same registry mounts instead of copying).
+func (b *build) layer(l snapshot.Layer) (v1.Layer, error) {
+	if b.store.Blobs.Has(l.Digest) {
+		return b.store.Blobs.V1(l), nil
+	}
+	b.mu.Lock()
+	open := b.sources[l.Digest]
+	b.mu.Unlock()
+	if open == nil {
+		return nil, fmt.Errorf("layer %s is neither stored locally nor known in a registry", l.Digest)
+	}
+	return open()
+}
+
+// materialize makes sure the store holds the root filesystem of layers and
+// returns the ID of its top layer ("" for no layers). Layers already in the
+// store are used as they are; the others are downloaded (concurrently, only
+// those whose blob is missing), verified and stored under their chain IDs.
+func (b *build) materialize(ctx context.Context, layers []snapshot.Layer) (string, error) {
+	start := 0
+	for i := len(layers) - 1; i >= 0; i-- {
+		if layers[i].ID != "" && b.store.Exists(layers[i].ID) {
+			start = i + 1
+			break
+		}
+	}
+	if start == len(layers) {
+		if start == 0 {
+			return "", nil
+		}
+		return layers[start-1].ID, nil
+	}
+	diffIDs := make([]v1.Hash, len(layers))
+	for i, l := range layers {
+		diffIDs[i] = l.DiffID
+	}
+	ids := chainIDs(diffIDs)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for _, l := range layers[start:] {
+		g.Go(func() error { return b.fetchBlob(gctx, l) })
+	}
+	if err := g.Wait(); err != nil {
+		return "", err
+	}
+	parent := ""
+	if start > 0 {
+		parent = layers[start-1].ID
+	}
+	for i := start; i < len(layers); i++ {
+		id := ids[i]
+		if parent != "" && start > 0 && layers[start-1].ID != ids[start-1] {
+			// The chain continues on a locally built snapshot: its chain
+			// ID names other parents, so key the new layer on the
+			// snapshot it really sits on.
+			sum := sha256.Sum256([]byte(parent + " " + layers[i].DiffID.String()))
+			id = hex.EncodeToString(sum[:])
+		}
+		if !b.store.Exists(id) {
+			if err := b.applyBlob(layers[i], id, parent); err != nil {
+				return "", err
+			}
+		}
+		parent = id
+	}
+	return parent, nil
+}
+
+// fetchBlob downloads a layer blob into the blob store, verifying its
+// digest, unless it is there already.
+func (b *build) fetchBlob(ctx context.Context, l snapshot.Layer) error {
+	if b.store.Blobs.Has(l.Digest) {
+		return nil
+	}
+	src, err := b.layer(l)
+	if err != nil {
+		return err
+	}
+	rc, err := src.Compressed()
+	if err != nil {
+		return fmt.Errorf("fetching layer %s: %w", l.Digest, err)
+	}
+	defer rc.Close()
+	if _, err := b.store.Blobs.Put(l.Digest, ctxReader{ctx, rc}); err != nil {
+		return fmt.Errorf("fetching layer %s: %w", l.Digest, err)
+	}
+	return nil
+}
+
+// applyBlob unpacks a stored blob as store layer id on parent, checking
+// that the uncompressed stream matches the diffID the config promised.
+func (b *build) applyBlob(l snapshot.Layer, id, parent string) error {
 	rc, err := b.store.Blobs.V1(l).Uncompressed()
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
 	h := sha256.New()
-	if err := b.store.PutLayer(l.ID, parent, io.TeeReader(rc, h)); err != nil {
+	if err := b.store.PutLayer(id, parent, io.TeeReader(rc, h)); err != nil {
 		return err
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != l.DiffID.String() {
 		// The store holds a layer whose content is not what the image
 		// names: remove it so it is never used.
-		_ = b.store.Delete(l.ID)
+		_ = b.store.Delete(id)
 		return fmt.Errorf("layer %s: content does not match its diffID %s (got %s)", l.Digest, l.DiffID, got)
 	}
 	return nil

@@ -46,6 +46,12 @@ type build struct {
 	// pulls shares one pull of each base image between the stages that
 	// name it.
 	pulls map[string]*pullOnce
+	// sources tells where blobs that are not in the blob store can be
+	// fetched: base image layers, layers of a cache registry.
+	sources map[v1.Hash]func() (v1.Layer, error)
+	// ctx is the whole build's context: registry handles that outlive one
+	// stage's goroutine (layers fetched at export) are bound to it.
+	ctx context.Context
 }
 
 // Build runs a build and delivers the image to opts.Outputs.
@@ -89,6 +95,7 @@ func newBuild(opts *Options) (*build, error) {
 		log:      &progress{w: opts.Progress},
 		warnOut:  opts.Warnings,
 		pulls:    map[string]*pullOnce{},
+		sources:  map[v1.Hash]func() (v1.Layer, error){},
 	}
 	for _, w := range df.warnings {
 		b.warn("%s", w)
@@ -245,6 +252,7 @@ func line(loc []parser.Range) int {
 // execute builds the stages the target needs, in order, and writes the
 // outputs.
 func (b *build) execute(ctx context.Context) (*Result, error) {
+	b.ctx = ctx
 	target := b.stages[len(b.stages)-1]
 	if b.opts.Target != "" {
 		target = b.stageByName(b.opts.Target)

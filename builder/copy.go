@@ -135,7 +135,11 @@ func (b *build) fromRoot(ctx context.Context, s *stage, from string) (root, key 
 			if err := b.ensureStage(ctx, src); err != nil {
 				return "", "", nil, err
 			}
-			root, release, err := b.store.Mount(src.top)
+			top, err := b.rootfs(ctx, src)
+			if err != nil {
+				return "", "", nil, err
+			}
+			root, release, err := b.store.Mount(top)
 			return root, string(src.key), release, err
 		}
 	}
@@ -143,7 +147,11 @@ func (b *build) fromRoot(ctx context.Context, s *stage, from string) (root, key 
 	if err != nil {
 		return "", "", nil, fmt.Errorf("--from=%s: no stage of that name, and as an image: %w", from, err)
 	}
-	root, release, err = b.store.Mount(img.top)
+	top, err := b.materialize(ctx, img.layers)
+	if err != nil {
+		return "", "", nil, err
+	}
+	root, release, err = b.store.Mount(top)
 	return root, img.digest.String(), release, err
 }
 

@@ -264,7 +264,11 @@ func (b *build) step(ctx context.Context, s *stage, key cache.Key, createdBy str
 			return nil
 		}
 	}
-	snap, err := b.store.Prepare(s.top)
+	top, err := b.rootfs(ctx, s)
+	if err != nil {
+		return err
+	}
+	snap, err := b.store.Prepare(top)
 	if err != nil {
 		return err
 	}
@@ -292,11 +296,19 @@ func (b *build) usable(e *cache.Entry) bool {
 	return e.Empty || b.store.Blobs.Has(e.Digest)
 }
 
+// apply makes l the stage's newest layer. A layer known only in a cache
+// registry (no store ID) leaves the root filesystem to be materialized when
+// a later step needs it.
 func (b *build) apply(s *stage, key cache.Key, createdBy string, l *snapshot.Layer) {
-	s.top = l.ID
 	s.key = key
 	if !l.Empty {
 		s.layers = append(s.layers, *l)
+	}
+	switch {
+	case l.ID != "":
+		s.top, s.topValid = l.ID, true
+	case !l.Empty:
+		s.topValid = false
 	}
 	s.history(createdBy, l.Empty)
 }

@@ -26,7 +26,11 @@ func (b *build) image(s *stage) (v1.Image, error) {
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	layers := make([]v1.Layer, 0, len(s.layers))
 	for _, l := range s.layers {
-		layers = append(layers, b.store.Blobs.V1(l))
+		layer, err := b.layer(l)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, layer)
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.DiffID)
 	}
 	img, err := mutate.AppendLayers(img, layers...)

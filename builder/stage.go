@@ -35,8 +35,11 @@ type stage struct {
 
 	cfg    *v1.ConfigFile
 	layers []snapshot.Layer
-	// top is the store ID of the stage's current root filesystem.
-	top string
+	// top is the store ID of the stage's current root filesystem, when
+	// topValid; otherwise the store may lack some of layers and
+	// b.rootfs materializes them first.
+	top      string
+	topValid bool
 	// key is the cache key of the stage's filesystem state.
 	key cache.Key
 	// args are the ARGs declared in this stage so far, in order.
@@ -150,10 +153,11 @@ func (b *build) buildStage(ctx context.Context, s *stage) error {
 		p := s.baseOf
 		s.cfg = p.cfg.DeepCopy()
 		s.layers = append([]snapshot.Layer(nil), p.layers...)
-		s.top, s.key = p.top, p.key
+		s.top, s.topValid, s.key = p.top, p.topValid, p.key
 		triggers = p.cfg.Config.OnBuild
 	case strings.EqualFold(s.base, "scratch"):
 		s.cfg = &v1.ConfigFile{}
+		s.topValid = true
 		s.key = cache.NewKey("").Add("from", "scratch").Add("platform", s.platform.String()).Key()
 	default:
 		img, err := b.pull(ctx, s.base, s.platform)
@@ -163,7 +167,6 @@ func (b *build) buildStage(ctx context.Context, s *stage) error {
 		// The pull is shared with other stages: copy what gets changed.
 		s.cfg = img.cfg.DeepCopy()
 		s.layers = append([]snapshot.Layer(nil), img.layers...)
-		s.top = img.top
 		s.key = cache.NewKey("").Add("from", img.digest.String()).Add("platform", s.platform.String()).Key()
 		triggers = img.cfg.Config.OnBuild
 	}
@@ -213,6 +216,20 @@ func (b *build) onbuildCommands(s *stage, triggers []string) ([]instructions.Com
 		cmds = append(cmds, cmd)
 	}
 	return cmds, nil
+}
+
+// rootfs returns the store ID of the stage's root filesystem, downloading
+// and storing the layers it lacks.
+func (b *build) rootfs(ctx context.Context, s *stage) (string, error) {
+	if s.topValid {
+		return s.top, nil
+	}
+	top, err := b.materialize(ctx, s.layers)
+	if err != nil {
+		return "", err
+	}
+	s.top, s.topValid = top, true
+	return top, nil
 }
 
 func (s *stage) label() string {

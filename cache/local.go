@@ -14,11 +14,15 @@ import (
 // Entry is what a step produced: a layer in the local store (by its
 // snapshot ID) and its blob, or nothing (Empty) for a step that changed no
 // file.
+//
+// The hashes are omitzero, not omitempty: omitempty never omits a struct,
+// and a zero v1.Hash marshals as ":", which does not parse back, so every
+// Empty entry would read as a miss.
 type Entry struct {
 	SnapshotID string          `json:"snapshot"`
 	Empty      bool            `json:"empty,omitempty"`
-	DiffID     v1.Hash         `json:"diffID,omitempty"`
-	Digest     v1.Hash         `json:"digest,omitempty"`
+	DiffID     v1.Hash         `json:"diffID,omitzero"`
+	Digest     v1.Hash         `json:"digest,omitzero"`
 	Size       int64           `json:"size,omitempty"`
 	MediaType  types.MediaType `json:"mediaType,omitempty"`
 }

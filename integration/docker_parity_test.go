@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -69,7 +70,7 @@ func TestDockerParity(t *testing.T) {
 					t.Errorf("docker build succeeded, the case expects a failure")
 				}
 				for _, p := range checkError(c.Error, r.Stderr) {
-					t.Errorf("docker: %s", p)
+					reportParity(t, p)
 				}
 				dumpDocker(t, out, c, nil, r)
 				if t.Failed() {
@@ -86,7 +87,7 @@ func TestDockerParity(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, p := range checkImage(c, v, bases.Known) {
-				t.Errorf("docker: %s", p)
+				reportParity(t, p)
 			}
 			if c.Run != nil && os.Geteuid() == 0 {
 				for _, p := range checkRun(v.Image, c.Run, filepath.Join(r.Dir, "run")) {
@@ -96,6 +97,25 @@ func TestDockerParity(t *testing.T) {
 			dumpDocker(t, out, c, v, r)
 		})
 	}
+}
+
+// rbuildOnlyRE matches the checks that hold rbuild to more than Docker
+// does: errors name Dockerfile:LINE (Docker prints the line differently, or
+// not at all in 20.10), and RUN's mount points (/proc, /sys, /dev, which
+// runc creates when the base lacks them) never reach a layer (Docker's
+// BuildKit only removes the stubs of /etc/hosts, /etc/resolv.conf and
+// --mount targets).
+var rbuildOnlyRE = regexp.MustCompile(`^stderr lacks "Dockerfile:\d+"$|^mount stub in a built layer: layer \d+: has "(proc|sys|dev)(/[^"]*)?"|^/(proc|sys|dev): want absent`)
+
+// reportParity fails the test for a difference from Docker, or logs it
+// when it is one of rbuild's own stricter requirements.
+func reportParity(t *testing.T, p string) {
+	t.Helper()
+	if rbuildOnlyRE.MatchString(p) {
+		t.Logf("docker (rbuild-only requirement, not an error in the case): %s", p)
+		return
+	}
+	t.Errorf("docker: %s", p)
 }
 
 // dockerBuild builds and pushes a prepared run with the Docker CLI.

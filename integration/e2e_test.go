@@ -36,6 +36,9 @@ func TestCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Fail once, here, when the binary or the registry is missing.
+	h.binary(t)
+	h.registry(t)
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
 			t.Parallel()

@@ -22,6 +22,7 @@ import (
 // Environment variables that steer the harness (all optional).
 const (
 	envBinary = "RBUILD_TEST_BINARY" // use this rbuild binary instead of building one
+	envBin    = "RBUILD_BIN"         // the same, as the Makefile spells it
 	envKeep   = "RBUILD_TEST_KEEP"   // "1": keep the work directory (printed at the end)
 	envJobs   = "RBUILD_TEST_JOBS"   // builds at once (default 4)
 	envSkip   = "RBUILD_TEST_SKIP_E2E"
@@ -138,7 +139,11 @@ func skipE2E(t testing.TB) {
 func (h *harness) binary(t testing.TB) string {
 	t.Helper()
 	h.binOnce.Do(func() {
-		if p := os.Getenv(envBinary); p != "" {
+		p := os.Getenv(envBinary)
+		if p == "" {
+			p = os.Getenv(envBin)
+		}
+		if p != "" {
 			h.bin, h.binErr = filepath.Abs(p)
 			return
 		}

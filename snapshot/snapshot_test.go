@@ -969,4 +969,3 @@ func TestCommitCanceled(t *testing.T) {
 	}
 	must(t, st.Remove(s))
 }
-
