@@ -21,7 +21,9 @@ all: build
 
 build: bin/rbuild
 
-bin/rbuild: $(shell find cmd builder executor snapshot cache registry output -name '*.go' 2>/dev/null) go.mod go.sum
+# Always ask go: its build cache knows better than make what changed.
+.PHONY: bin/rbuild
+bin/rbuild:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/rbuild
 
 # The example needs nothing but this machine: its program is compiled here

@@ -52,6 +52,11 @@ type build struct {
 	// ctx is the whole build's context: registry handles that outlive one
 	// stage's goroutine (layers fetched at export) are bound to it.
 	ctx context.Context
+	// shared holds the entries of the imported caches; produced the
+	// entries this build can export.
+	shared   map[cache.Key]sharedEntry
+	produced []produced
+	noCache  map[string]bool
 }
 
 // Build runs a build and delivers the image to opts.Outputs.
@@ -96,6 +101,8 @@ func newBuild(opts *Options) (*build, error) {
 		warnOut:  opts.Warnings,
 		pulls:    map[string]*pullOnce{},
 		sources:  map[v1.Hash]func() (v1.Layer, error){},
+		shared:   map[cache.Key]sharedEntry{},
+		noCache:  map[string]bool{},
 	}
 	for _, w := range df.warnings {
 		b.warn("%s", w)
@@ -253,6 +260,13 @@ func line(loc []parser.Range) int {
 // outputs.
 func (b *build) execute(ctx context.Context) (*Result, error) {
 	b.ctx = ctx
+	for _, n := range b.opts.NoCacheFilter {
+		if b.stageByName(n) == nil {
+			return nil, fmt.Errorf("--no-cache-filter: no stage %q in %s", n, b.df.name)
+		}
+		b.noCache[strings.ToLower(n)] = true
+	}
+	b.importCaches(ctx)
 	target := b.stages[len(b.stages)-1]
 	if b.opts.Target != "" {
 		target = b.stageByName(b.opts.Target)
@@ -281,6 +295,7 @@ func (b *build) execute(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
+	b.exportCaches(ctx, target)
 	return res, nil
 }
 

@@ -45,6 +45,9 @@ func (b *build) copy(ctx context.Context, s *stage, a copyArgs) error {
 		spec.WorkDir = "/"
 	}
 	var srcKey string
+	// mountSrc, when set, mounts the source root filesystem: only when the
+	// step really runs, so a cache hit never downloads the source stage.
+	var mountSrc func() (string, func(), error)
 	switch {
 	case len(a.srcs.SourceContents) > 0:
 		dir, err := os.MkdirTemp(b.stateDir, "inline-")
@@ -68,28 +71,32 @@ func (b *build) copy(ctx context.Context, s *stage, a copyArgs) error {
 		spec.SrcRoot = dir
 		srcKey = "inline"
 	case a.from != "":
-		root, key, release, err := b.fromRoot(ctx, s, a.from)
+		src, err := b.fromSource(ctx, s, a.from)
 		if err != nil {
 			return err
 		}
-		defer release()
-		spec.SrcRoot = root
+		mountSrc = src.mount
 		// Files from another stage or image keep their owners (only the
 		// context's files are reset to 0:0, as Docker's client does).
 		spec.PreserveOwnership = true
-		srcKey = "from:" + key
+		// The source's key fixes its whole content.
+		srcKey = "from:" + src.key
 	default:
 		spec.SrcRoot = b.opts.ContextDir
 		spec.Excluded = b.excluded
 		srcKey = "context"
 	}
-	// The digest covers what will be copied; --chown is resolved against the
-	// rootfs, which the parent key already fixes, so it enters as text.
-	dspec := spec
-	dspec.Chown = ""
-	digest, err := executor.SourceDigest(dspec)
-	if err != nil {
-		return err
+	digest := ""
+	if mountSrc == nil {
+		// The digest covers what will be copied; --chown is resolved
+		// against the rootfs, which the parent key already fixes, so it
+		// enters as text.
+		dspec := spec
+		dspec.Chown = ""
+		var err error
+		if digest, err = executor.SourceDigest(dspec); err != nil {
+			return err
+		}
 	}
 	kb := cache.NewKey(s.key).
 		Add("op", a.name).
@@ -101,6 +108,14 @@ func (b *build) copy(ctx context.Context, s *stage, a copyArgs) error {
 		Add("chown", a.chown).
 		Add("chmod", a.chmod)
 	return b.step(ctx, s, kb.Key(), copyHistory(a), func(rootfs string) error {
+		if mountSrc != nil {
+			root, release, err := mountSrc()
+			if err != nil {
+				return err
+			}
+			defer release()
+			spec.SrcRoot = root
+		}
 		spec.DstRoot = rootfs
 		return executor.Copy(ctx, spec)
 	})
@@ -124,35 +139,54 @@ func copyHistory(a copyArgs) string {
 	return msg + " " + a.srcs.DestPath + " # buildkit"
 }
 
-// fromRoot mounts the root filesystem named by --from: a stage (by name or
-// index, built on demand) or an image.
-func (b *build) fromRoot(ctx context.Context, s *stage, from string) (root, key string, release func(), err error) {
+// fromSource is the root filesystem named by --from: its cache key, and a
+// function that mounts it (materializing its layers).
+type fromSource struct {
+	key   string
+	mount func() (string, func(), error)
+}
+
+// fromSource resolves --from: a stage (by name or index, built on demand)
+// or an image.
+func (b *build) fromSource(ctx context.Context, s *stage, from string) (*fromSource, error) {
 	if src := b.stageByName(from); src != nil {
 		if _, numeric := strconv.Atoi(from); numeric == nil || src.name == strings.ToLower(from) {
 			if src.index >= s.index {
-				return "", "", nil, fmt.Errorf("cannot copy from stage %q, it needs to be defined before current stage %q", from, s.label())
+				return nil, fmt.Errorf("cannot copy from stage %q, it needs to be defined before current stage %q", from, s.label())
 			}
 			if err := b.ensureStage(ctx, src); err != nil {
-				return "", "", nil, err
+				return nil, err
 			}
-			top, err := b.rootfs(ctx, src)
-			if err != nil {
-				return "", "", nil, err
-			}
-			root, release, err := b.store.Mount(top)
-			return root, string(src.key), release, err
+			return &fromSource{key: string(src.key), mount: func() (string, func(), error) {
+				top, err := b.rootfs(ctx, src)
+				if err != nil {
+					return "", nil, err
+				}
+				return b.store.Mount(top)
+			}}, nil
 		}
 	}
 	img, err := b.pull(ctx, from, s.platform)
 	if err != nil {
-		return "", "", nil, fmt.Errorf("--from=%s: no stage of that name, and as an image: %w", from, err)
+		return nil, fmt.Errorf("--from=%s: no stage of that name, and as an image: %w", from, err)
 	}
-	top, err := b.materialize(ctx, img.layers)
+	return &fromSource{key: img.digest.String(), mount: func() (string, func(), error) {
+		top, err := b.materialize(ctx, img.layers)
+		if err != nil {
+			return "", nil, err
+		}
+		return b.store.Mount(top)
+	}}, nil
+}
+
+// fromRoot mounts the root filesystem named by --from right away.
+func (b *build) fromRoot(ctx context.Context, s *stage, from string) (root, key string, release func(), err error) {
+	src, err := b.fromSource(ctx, s, from)
 	if err != nil {
 		return "", "", nil, err
 	}
-	root, release, err = b.store.Mount(top)
-	return root, img.digest.String(), release, err
+	root, release, err = src.mount()
+	return root, src.key, release, err
 }
 
 func (b *build) expandWord(w string, env []string) (string, error) {

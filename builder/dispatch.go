@@ -257,10 +257,18 @@ func exposedPorts(lex *shell.Lex, words []string, env []string) ([]string, error
 // recorded layer is reused; otherwise mutate runs on a fresh snapshot,
 // which is committed into a layer and recorded.
 func (b *build) step(ctx context.Context, s *stage, key cache.Key, createdBy string, mutate func(rootfs string) error) error {
-	if !b.opts.NoCache {
+	if !b.opts.NoCache && !b.noCache[s.name] && !b.noCache[fmt.Sprint(s.index)] {
 		if e, ok := b.cache.Get(key); ok && b.usable(e) {
 			b.logf("  CACHED")
-			b.apply(s, key, createdBy, entryLayer(e))
+			l := entryLayer(e)
+			b.record(s, key, l)
+			b.apply(s, key, createdBy, l)
+			return nil
+		}
+		if l, from, ok := b.sharedHit(key); ok {
+			b.logf("  CACHED (%s)", from)
+			b.record(s, key, l)
+			b.apply(s, key, createdBy, l)
 			return nil
 		}
 	}
@@ -284,6 +292,7 @@ func (b *build) step(ctx context.Context, s *stage, key cache.Key, createdBy str
 	if err := b.cache.Put(key, layerEntry(layer)); err != nil {
 		b.warn("recording cache entry: %v", err)
 	}
+	b.record(s, key, layer)
 	b.apply(s, key, createdBy, layer)
 	return nil
 }

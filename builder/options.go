@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/rbuild/rbuild/cache"
 	"github.com/rbuild/rbuild/output"
 	"github.com/rbuild/rbuild/snapshot"
 )
@@ -32,8 +33,16 @@ type Options struct {
 	// Platform is the target platform ("linux/amd64"); empty means the
 	// host's.
 	Platform string
-	// NoCache disables the local step cache.
+	// NoCache disables cache lookups (local and shared); exports still
+	// happen.
 	NoCache bool
+	// NoCacheFilter lists stages that run without cache lookups.
+	NoCacheFilter []string
+	// CacheFrom are shared caches to import (--cache-from), probed once,
+	// concurrently, at the start of the build.
+	CacheFrom []cache.Store
+	// CacheTo are shared caches to export to (--cache-to).
+	CacheTo []CacheExport
 	// Pull always resolves base images from their registry, even when the
 	// local store has them.
 	Pull bool
@@ -57,6 +66,14 @@ type Options struct {
 	Progress io.Writer
 	// Warnings receives warnings; nil writes them to Progress.
 	Warnings io.Writer
+}
+
+// CacheExport is one --cache-to destination.
+type CacheExport struct {
+	Store cache.Store
+	// Mode "min" exports the steps of the target stage (and the stages it
+	// is built FROM); "max" the steps of every stage built.
+	Mode string
 }
 
 // Result describes the built image.

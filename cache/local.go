@@ -6,25 +6,30 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// Entry is what a step produced: a layer in the local store (by its
-// snapshot ID) and its blob, or nothing (Empty) for a step that changed no
-// file.
+// Entry is what a step produced: a layer (its blob's descriptor and
+// diffID) or nothing (Empty) for a step that changed no file. In the local
+// cache it also names the snapshot holding the layer's root filesystem;
+// entries of a shared cache have none.
 //
 // The hashes are omitzero, not omitempty: omitempty never omits a struct,
 // and a zero v1.Hash marshals as ":", which does not parse back, so every
 // Empty entry would read as a miss.
 type Entry struct {
-	SnapshotID string          `json:"snapshot"`
+	SnapshotID string          `json:"snapshot,omitempty"`
 	Empty      bool            `json:"empty,omitempty"`
 	DiffID     v1.Hash         `json:"diffID,omitzero"`
 	Digest     v1.Hash         `json:"digest,omitzero"`
 	Size       int64           `json:"size,omitempty"`
 	MediaType  types.MediaType `json:"mediaType,omitempty"`
+	// Created is when the entry was made; shared indexes drop the oldest
+	// entries first.
+	Created time.Time `json:"created,omitempty"`
 }
 
 // Local is the cache on this machine: one small JSON file per key.

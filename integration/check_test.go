@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // keepContent is the largest file whose bytes the checker keeps (larger
@@ -189,6 +190,8 @@ func checkImage(c *Case, v *imageView, known map[v1.Hash]bool) []string {
 		add("image does not validate: %v", err)
 	}
 
+	probs = append(probs, checkMediaTypes(v.Image)...)
+
 	hist, err := v.history()
 	if err != nil {
 		add("%v", err)
@@ -327,6 +330,45 @@ func validateImage(img v1.Image, raw map[string]json.RawMessage) error {
 		}
 	}
 	return nil
+}
+
+// checkMediaTypes requires one family of media types in a manifest: an
+// OCI manifest with OCI config and layers, or a Docker schema 2 manifest
+// with Docker ones. BuildKit converts layers to the manifest's family
+// (compression.ConvertAllLayerMediaTypes); umoci rejects a mix.
+func checkMediaTypes(img v1.Image) []string {
+	m, err := img.Manifest()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var probs []string
+	oci := mt == types.OCIManifestSchema1
+	if !oci && mt != types.DockerManifestSchema2 {
+		return []string{fmt.Sprintf("manifest media type %q", mt)}
+	}
+	family := func(t types.MediaType) string {
+		if strings.HasPrefix(string(t), "application/vnd.oci.") {
+			return "OCI"
+		}
+		if strings.HasPrefix(string(t), "application/vnd.docker.") {
+			return "Docker"
+		}
+		return "unknown"
+	}
+	want := family(mt)
+	if got := family(m.Config.MediaType); got != want {
+		probs = append(probs, fmt.Sprintf("%s manifest with a %s config media type %s", want, got, m.Config.MediaType))
+	}
+	for i, l := range m.Layers {
+		if got := family(l.MediaType); got != want {
+			probs = append(probs, fmt.Sprintf("%s manifest with layer %d of %s media type %s", want, i, got, l.MediaType))
+		}
+	}
+	return probs
 }
 
 // checkHistory aligns want with the end of got.

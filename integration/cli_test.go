@@ -212,3 +212,39 @@ func TestCLIRebuildUsesCache(t *testing.T) {
 	}
 	t.Logf("first build %s, cached rebuild %s", r1.Took.Round(1e6), r2.Took.Round(1e6))
 }
+
+// TestCLILoopbackRegistryIsInsecure builds and pushes without
+// --insecure-registry: like Docker, registries on 127.0.0.0/8 are reached
+// over plain HTTP by default.
+func TestCLILoopbackRegistryIsInsecure(t *testing.T) {
+	skipE2E(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	c := adhocCase(t, "cli-loopback", cliDockerfile, map[string]string{"hello.txt": "hello\n"})
+	bin := h.binary(t)
+	_, bases := h.registry(t)
+	work := h.workDir(t)
+	if err := os.MkdirAll(filepath.Join(work, "runs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := prepareRun(t, work, c, "root", nil, bases)
+	var args []string
+	for i := 0; i < len(r.Args); i++ {
+		if r.Args[i] == "--insecure-registry" {
+			i++
+			continue
+		}
+		args = append(args, r.Args[i])
+	}
+	r.Args = args
+	release := h.acquire()
+	r.run(bin)
+	release()
+	if r.Err != nil {
+		t.Fatalf("build without --insecure-registry failed\n%s", r.report())
+	}
+	if _, err := pullImage(r.Tag); err != nil {
+		t.Error(err)
+	}
+}

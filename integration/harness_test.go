@@ -319,6 +319,11 @@ func TestChecker(t *testing.T) {
 		t.Errorf("history/layer mismatch not reported: %q", probs)
 	}
 
+	// A manifest mixing OCI and Docker media types is reported.
+	if p := checkMediaTypes(mutate.MediaType(base.Image, types.OCIManifestSchema1)); len(p) != 2 {
+		t.Errorf("mixed media types: %q", p)
+	}
+
 	// The error checks.
 	if err := checkAbsentFromRegistry(bases.Registry + "/harness/never:pushed"); err != nil {
 		t.Errorf("absent tag: %v", err)

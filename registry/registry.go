@@ -79,6 +79,16 @@ func HasRegistryHost(s string) bool {
 	return strings.ContainsAny(first, ".:") || first == "localhost"
 }
 
+// RemoteOptions are the options (credentials, concurrency) for
+// go-containerregistry calls made elsewhere, such as the shared cache.
+func (c *Client) RemoteOptions() []remote.Option {
+	return []remote.Option{
+		remote.WithAuthFromKeychain(c.keychain),
+		remote.WithJobs(c.jobs),
+		remote.WithUserAgent("rbuild"),
+	}
+}
+
 func (c *Client) options(ctx context.Context) []remote.Option {
 	return []remote.Option{
 		remote.WithContext(ctx),

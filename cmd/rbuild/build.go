@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/rbuild/rbuild/builder"
+	"github.com/rbuild/rbuild/cache"
 	"github.com/rbuild/rbuild/output"
 	"github.com/rbuild/rbuild/registry"
 	"github.com/rbuild/rbuild/snapshot"
@@ -38,6 +40,10 @@ type buildFlags struct {
 	compression        string
 	compressionLevel   int
 	secrets            []string
+	cacheFrom          []string
+	cacheTo            []string
+	cacheRepo          string
+	noCacheFilter      []string
 }
 
 func newRootCommand() *cobra.Command {
@@ -72,6 +78,10 @@ func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
 	fl.StringArrayVar(&f.labels, "label", nil, "add a label KEY=VALUE to the image")
 	fl.StringVar(&f.platform, "platform", "", "target platform (os/arch[/variant])")
 	fl.BoolVar(&f.noCache, "no-cache", false, "do not use the cache")
+	fl.StringArrayVar(&f.noCacheFilter, "no-cache-filter", nil, "run these stages without cache lookups (repeatable)")
+	fl.StringArrayVar(&f.cacheFrom, "cache-from", nil, "import a shared cache: type=registry,ref=REG/REPO[:TAG] | type=local,src=DIR | REF (repeatable)")
+	fl.StringArrayVar(&f.cacheTo, "cache-to", nil, "export the cache: type=registry,ref=REG/REPO[:TAG][,mode=min|max] | type=local,dest=DIR[,mode=...]")
+	fl.StringVar(&f.cacheRepo, "cache-repo", "", "shorthand for --cache-from and --cache-to type=registry,ref=REPO,mode=max")
 	fl.BoolVar(&f.pull, "pull", false, "always resolve base images from their registry")
 	fl.StringVar(&f.network, "network", "host", "network for RUN steps: host or none")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print only the image ID")
@@ -131,6 +141,10 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	if opts.Secrets, err = parseSecrets(f.secrets); err != nil {
 		return err
 	}
+	if err := cacheOptions(f, &opts); err != nil {
+		return err
+	}
+	opts.NoCacheFilter = f.noCacheFilter
 	if f.file == "-" {
 		if opts.DockerfileContent, err = io.ReadAll(cmd.InOrStdin()); err != nil {
 			return fmt.Errorf("reading Dockerfile from standard input: %w", err)
@@ -293,4 +307,72 @@ func parseSecrets(list []string) ([]builder.Secret, error) {
 		out = append(out, sec)
 	}
 	return out, nil
+}
+
+// cacheOptions turns --cache-from, --cache-to and --cache-repo into cache
+// stores, as docker buildx spells them.
+func cacheOptions(f *buildFlags, opts *builder.Options) error {
+	reg := registry.New(registry.Options{Insecure: f.insecureRegistries})
+	from, to := f.cacheFrom, f.cacheTo
+	if f.cacheRepo != "" {
+		from = append(from, "type=registry,ref="+f.cacheRepo)
+		to = append(to, "type=registry,ref="+f.cacheRepo+",mode=max")
+	}
+	for _, v := range from {
+		st, _, err := cacheStore(reg, v, "src")
+		if err != nil {
+			return fmt.Errorf("--cache-from %q: %w", v, err)
+		}
+		opts.CacheFrom = append(opts.CacheFrom, st)
+	}
+	for _, v := range to {
+		st, mode, err := cacheStore(reg, v, "dest")
+		if err != nil {
+			return fmt.Errorf("--cache-to %q: %w", v, err)
+		}
+		opts.CacheTo = append(opts.CacheTo, builder.CacheExport{Store: st, Mode: mode})
+	}
+	return nil
+}
+
+func cacheStore(reg *registry.Client, v, dirKey string) (cache.Store, string, error) {
+	if !strings.Contains(v, "=") {
+		v = "type=registry,ref=" + v
+	}
+	kv, err := keyValues(strings.Split(v, ","), "cache", false)
+	if err != nil {
+		return nil, "", err
+	}
+	mode := kv["mode"]
+	switch mode {
+	case "":
+		mode = "min"
+	case "min", "max":
+	default:
+		return nil, "", fmt.Errorf("mode must be min or max")
+	}
+	switch kv["type"] {
+	case "registry":
+		if kv["ref"] == "" {
+			return nil, "", errors.New("ref= is required")
+		}
+		ref, err := reg.ParseReference(kv["ref"])
+		if err != nil {
+			return nil, "", err
+		}
+		if _, isTag := ref.(name.Tag); isTag && !strings.Contains(kv["ref"][strings.LastIndex(kv["ref"], "/")+1:], ":") {
+			// A bare repository gets rbuild's cache tag, not "latest", so
+			// an image and its cache can share a repository.
+			ref = ref.Context().Tag("buildcache")
+		}
+		return &cache.Registry{Ref: ref, Options: reg.RemoteOptions()}, mode, nil
+	case "local":
+		dir := kv[dirKey]
+		if dir == "" {
+			return nil, "", fmt.Errorf("%s= is required", dirKey)
+		}
+		return &cache.Dir{Path: dir}, mode, nil
+	default:
+		return nil, "", fmt.Errorf("type must be registry or local")
+	}
 }
