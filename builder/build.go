@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
@@ -57,6 +58,18 @@ type build struct {
 	shared   map[cache.Key]sharedEntry
 	produced []produced
 	noCache  map[string]bool
+	// epoch is SOURCE_DATE_EPOCH: image and history times, and the mtime
+	// clamp of new layers.
+	epoch *time.Time
+}
+
+// now is the time recorded in the image: the epoch of a reproducible
+// build, the wall clock otherwise.
+func (b *build) now() time.Time {
+	if b.epoch != nil {
+		return *b.epoch
+	}
+	return time.Now().UTC()
 }
 
 // Build runs a build and delivers the image to opts.Outputs.
@@ -110,6 +123,9 @@ func newBuild(opts *Options) (*build, error) {
 	if b.platform, err = parsePlatform(opts.Platform); err != nil {
 		return nil, err
 	}
+	if b.epoch, err = sourceDateEpoch(opts); err != nil {
+		return nil, err
+	}
 	// A Dockerfile from standard input has no Dockerfile-specific ignore
 	// file next to it.
 	dfPath := opts.Dockerfile
@@ -138,7 +154,7 @@ func newBuild(opts *Options) (*build, error) {
 	if b.cache, err = cache.OpenLocal(filepath.Join(opts.Root, "cache")); err != nil {
 		return nil, err
 	}
-	b.store, err = snapshot.Open(snapshot.Options{Root: opts.Root, Driver: opts.Driver, Compression: opts.Compression})
+	b.store, err = snapshot.Open(snapshot.Options{Root: opts.Root, Driver: opts.Driver, Compression: opts.Compression, Epoch: b.epoch})
 	if err != nil {
 		return nil, err
 	}
@@ -168,6 +184,29 @@ func (b *build) useArg(k string) {
 	b.mu.Lock()
 	b.usedArgs[k] = true
 	b.mu.Unlock()
+}
+
+// sourceDateEpoch reads SOURCE_DATE_EPOCH from --build-arg, else from
+// Options.SourceDateEpoch; Reproducible without either means the Unix
+// epoch.
+func sourceDateEpoch(opts *Options) (*time.Time, error) {
+	v, ok := opts.BuildArgs["SOURCE_DATE_EPOCH"]
+	if !ok {
+		v = opts.SourceDateEpoch
+	}
+	if v == "" {
+		if opts.Reproducible {
+			t := time.Unix(0, 0).UTC()
+			return &t, nil
+		}
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("SOURCE_DATE_EPOCH %q: want a number of seconds since 1970", v)
+	}
+	t := time.Unix(n, 0).UTC()
+	return &t, nil
 }
 
 func parsePlatform(s string) (v1.Platform, error) {

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -465,4 +466,48 @@ func layerContents(t *testing.T, img v1.Image) []string {
 		out = append(out, string(data))
 	}
 	return out
+}
+
+func TestReproducibleWithSourceDateEpoch(t *testing.T) {
+	tb := newTestBuild(t)
+	tb.file("a.txt", "a\n")
+	if err := os.Chtimes(filepath.Join(tb.ctx, "a.txt"), timeZero, timeZero); err != nil {
+		t.Fatal(err)
+	}
+	df := `ARG REGISTRY
+FROM ${REGISTRY}/busybox
+WORKDIR /app
+COPY a.txt .
+RUN mkdir -p /out && echo fixed > /out/file && touch /out/new
+ENV X=1
+`
+	var digests []string
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			// Another second: every new file gets another mtime.
+			time.Sleep(1100 * time.Millisecond)
+		}
+		tb.root = t.TempDir() // a fresh runner each time: no cache
+		res := tb.mustBuild(df, func(o *Options) { o.BuildArgs["SOURCE_DATE_EPOCH"] = "1700000000" })
+		digests = append(digests, res.Digest.String())
+		cf := config(t, res.Image)
+		if cf.Created.Unix() != 1700000000 {
+			t.Errorf("created = %v", cf.Created)
+		}
+		for _, h := range cf.History[1:] {
+			if h.Created.Unix() != 1700000000 {
+				t.Errorf("history %q created %v", h.CreatedBy, h.Created)
+			}
+		}
+		fs := files(t, res.Image)
+		if m := fs["/out/new"].h.ModTime.Unix(); m != 1700000000 {
+			t.Errorf("/out/new mtime %d, want clamped to the epoch", m)
+		}
+		if m := fs["/app/a.txt"].h.ModTime.Unix(); m != timeZero.Unix() {
+			t.Errorf("/app/a.txt mtime %d: an older mtime must be kept", m)
+		}
+	}
+	if digests[0] != digests[1] {
+		t.Errorf("two builds of the same context at different times: %v, want one digest", digests)
+	}
 }

@@ -1,7 +1,6 @@
 package builder
 
 import (
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -14,7 +13,7 @@ import (
 // --label values), history and layers, read lazily from the blob store.
 func (b *build) image(s *stage) (v1.Image, error) {
 	cfg := s.cfg.DeepCopy()
-	cfg.Created = v1.Time{Time: time.Now().UTC()}
+	cfg.Created = v1.Time{Time: b.now()}
 	if len(b.opts.Labels) > 0 && cfg.Config.Labels == nil {
 		cfg.Config.Labels = map[string]string{}
 	}

@@ -58,6 +58,14 @@ type Options struct {
 	InsecureRegistries []string
 	// Keychain supplies registry credentials; nil means Docker's config.
 	Keychain authn.Keychain
+	// SourceDateEpoch (seconds, as the SOURCE_DATE_EPOCH variable) makes
+	// the build reproducible: image and history times are set to it and
+	// newer file mtimes in new layers are clamped to it. A --build-arg
+	// SOURCE_DATE_EPOCH wins over it.
+	SourceDateEpoch string
+	// Reproducible clamps to the Unix epoch when no SOURCE_DATE_EPOCH is
+	// given.
+	Reproducible bool
 	// Secrets are available to RUN --mount=type=secret.
 	Secrets []Secret
 	// Outputs receive the finished image.

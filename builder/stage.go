@@ -47,6 +47,8 @@ type stage struct {
 	// cmdSet records a CMD in this stage: ENTRYPOINT resets an inherited
 	// CMD only.
 	cmdSet bool
+	// now is the build's clock (SOURCE_DATE_EPOCH when set).
+	now func() time.Time
 }
 
 type stageArg struct {
@@ -58,7 +60,7 @@ type stageArg struct {
 func (b *build) plan() error {
 	seen := map[string]bool{}
 	for i, st := range b.df.stages {
-		s := &stage{index: i, name: strings.ToLower(st.Name), inst: st}
+		s := &stage{index: i, name: strings.ToLower(st.Name), inst: st, now: b.now}
 		if s.name != "" {
 			if seen[s.name] {
 				return fmt.Errorf("%s:%d: duplicate stage name %q", b.df.name, line(st.Location), st.Name)
@@ -158,7 +160,7 @@ func (b *build) buildStage(ctx context.Context, s *stage) error {
 	case strings.EqualFold(s.base, "scratch"):
 		s.cfg = &v1.ConfigFile{}
 		s.topValid = true
-		s.key = cache.NewKey("").Add("from", "scratch").Add("platform", s.platform.String()).Key()
+		s.key = b.rootKey("scratch", s.platform)
 	default:
 		img, err := b.pull(ctx, s.base, s.platform)
 		if err != nil {
@@ -167,7 +169,7 @@ func (b *build) buildStage(ctx context.Context, s *stage) error {
 		// The pull is shared with other stages: copy what gets changed.
 		s.cfg = img.cfg.DeepCopy()
 		s.layers = append([]snapshot.Layer(nil), img.layers...)
-		s.key = cache.NewKey("").Add("from", img.digest.String()).Add("platform", s.platform.String()).Key()
+		s.key = b.rootKey(img.digest.String(), s.platform)
 		triggers = img.cfg.Config.OnBuild
 	}
 	s.cfg.Config.OnBuild = nil
@@ -216,6 +218,17 @@ func (b *build) onbuildCommands(s *stage, triggers []string) ([]instructions.Com
 		cmds = append(cmds, cmd)
 	}
 	return cmds, nil
+}
+
+// rootKey is the key a stage's chain starts from. The epoch of a
+// reproducible build enters it: layers made under SOURCE_DATE_EPOCH differ
+// from the others (clamped mtimes) and must not be mixed up with them.
+func (b *build) rootKey(base string, p v1.Platform) cache.Key {
+	kb := cache.NewKey("").Add("from", base).Add("platform", p.String())
+	if b.epoch != nil {
+		kb.Add("epoch", fmt.Sprint(b.epoch.Unix()))
+	}
+	return kb.Key()
 }
 
 // rootfs returns the store ID of the stage's root filesystem, downloading
@@ -291,7 +304,7 @@ func setEnv(env []string, key, value string) []string {
 // history appends a history entry for a step.
 func (s *stage) history(createdBy string, empty bool) {
 	s.cfg.History = append(s.cfg.History, v1.History{
-		Created:    v1.Time{Time: time.Now().UTC()},
+		Created:    v1.Time{Time: s.now()},
 		CreatedBy:  createdBy,
 		Comment:    "buildkit.dockerfile.v0",
 		EmptyLayer: empty,

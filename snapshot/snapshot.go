@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -50,6 +51,9 @@ type Options struct {
 	Driver string
 	// Compression of new layers.
 	Compression Compression
+	// Epoch, when set, clamps the mtimes of new layers' entries to it
+	// (SOURCE_DATE_EPOCH): entries newer than it get it.
+	Epoch *time.Time
 }
 
 // Store is the local layer store plus the blob store of compressed layers.
@@ -58,6 +62,7 @@ type Store struct {
 	root        string
 	driver      string
 	compression Compression
+	epoch       *time.Time
 	Blobs       *Blobs
 
 	mu sync.Mutex
@@ -115,7 +120,7 @@ func Open(opts Options) (*Store, error) {
 			_, _ = st.Shutdown(false)
 			return nil, err
 		}
-		return &Store{store: st, root: opts.Root, driver: d, compression: opts.Compression, Blobs: blobs}, nil
+		return &Store{store: st, root: opts.Root, driver: d, compression: opts.Compression, epoch: opts.Epoch, Blobs: blobs}, nil
 	}
 	return nil, fmt.Errorf("opening layer store in %s: %w", opts.Root, errors.Join(errs...))
 }
@@ -201,7 +206,7 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := normalize(ctx, rc, w, lower)
+	entries, err := normalize(ctx, rc, w, lower, s.epoch)
 	if err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("exporting layer: %w", err)

@@ -23,7 +23,7 @@ import (
 // nothing written beneath it, is no change at all, so it is held back until
 // an entry below it shows up and dropped otherwise. lower stats a path in
 // the parent.
-func normalize(ctx context.Context, r io.Reader, w io.Writer, lower func(name string) (os.FileInfo, bool)) (int, error) {
+func normalize(ctx context.Context, r io.Reader, w io.Writer, lower func(name string) (os.FileInfo, bool), epoch *time.Time) (int, error) {
 	tr := tar.NewReader(r)
 	tw := tar.NewWriter(w)
 	n := 0
@@ -40,6 +40,9 @@ func normalize(ctx context.Context, r io.Reader, w io.Writer, lower func(name st
 			return n, fmt.Errorf("reading diff: %w", err)
 		}
 		out := cleanHeader(hdr)
+		if epoch != nil && out.ModTime.After(*epoch) {
+			out.ModTime = *epoch
+		}
 		name := strings.TrimSuffix(strings.TrimPrefix(out.Name, "./"), "/")
 		// Pending directories that do not contain this entry will never
 		// get a child: drop them.

@@ -57,7 +57,7 @@ func dirHdr(name string) entry {
 func runNormalize(t *testing.T, in []byte, lower func(string) (os.FileInfo, bool)) ([]entry, int) {
 	t.Helper()
 	var out bytes.Buffer
-	n, err := normalize(context.Background(), bytes.NewReader(in), &out, lower)
+	n, err := normalize(context.Background(), bytes.NewReader(in), &out, lower, nil)
 	if err != nil {
 		t.Fatalf("normalize: %v", err)
 	}
@@ -129,12 +129,12 @@ func TestNormalizeDeterministic(t *testing.T) {
 		entry{hdr: &tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, ModTime: fixed.Add(time.Millisecond), AccessTime: time.Now(), Format: tar.FormatPAX}, data: []byte("x")},
 	)
 	var a, b bytes.Buffer
-	_, err := normalize(context.Background(), bytes.NewReader(in), &a, noLower)
+	_, err := normalize(context.Background(), bytes.NewReader(in), &a, noLower, nil)
 	must(t, err)
 	in2 := makeTar(t,
 		entry{hdr: &tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, ModTime: fixed.Add(time.Millisecond * 500), AccessTime: time.Now().Add(time.Hour), Format: tar.FormatPAX}, data: []byte("x")},
 	)
-	_, err = normalize(context.Background(), bytes.NewReader(in2), &b, noLower)
+	_, err = normalize(context.Background(), bytes.NewReader(in2), &b, noLower, nil)
 	must(t, err)
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
 		t.Error("entries differing only in access time and sub-second mtime give different tars")
@@ -250,18 +250,18 @@ func TestNormalizeErrors(t *testing.T) {
 	in := makeTar(t, fileEntry("f", "x"))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := normalize(ctx, bytes.NewReader(in), &bytes.Buffer{}, noLower); err == nil {
+	if _, err := normalize(ctx, bytes.NewReader(in), &bytes.Buffer{}, noLower, nil); err == nil {
 		t.Error("normalize with a canceled context succeeded")
 	}
 	// Cut inside a file's data (a pipe from the differ: no seeking).
 	big := makeTar(t, fileEntry("big", strings.Repeat("x", 4000)))
-	if _, err := normalize(context.Background(), io.MultiReader(bytes.NewReader(big[:2000])), &bytes.Buffer{}, noLower); err == nil {
+	if _, err := normalize(context.Background(), io.MultiReader(bytes.NewReader(big[:2000])), &bytes.Buffer{}, noLower, nil); err == nil {
 		t.Error("normalize of a truncated tar succeeded")
 	}
-	if _, err := normalize(context.Background(), strings.NewReader("not a tar stream at all, but long enough to fill a header block"+strings.Repeat(".", 600)), &bytes.Buffer{}, noLower); err == nil {
+	if _, err := normalize(context.Background(), strings.NewReader("not a tar stream at all, but long enough to fill a header block"+strings.Repeat(".", 600)), &bytes.Buffer{}, noLower, nil); err == nil {
 		t.Error("normalize of garbage succeeded")
 	}
-	n, err := normalize(context.Background(), bytes.NewReader(makeTar(t)), &bytes.Buffer{}, noLower)
+	n, err := normalize(context.Background(), bytes.NewReader(makeTar(t)), &bytes.Buffer{}, noLower, nil)
 	if err != nil || n != 0 {
 		t.Errorf("empty tar: %d entries, %v", n, err)
 	}

@@ -44,6 +44,7 @@ type buildFlags struct {
 	cacheTo            []string
 	cacheRepo          string
 	noCacheFilter      []string
+	reproducible       bool
 }
 
 func newRootCommand() *cobra.Command {
@@ -93,6 +94,7 @@ func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
 	fl.StringArrayVar(&f.insecureRegistries, "insecure-registry", nil, "reach this registry over plain HTTP (repeatable)")
 	fl.StringVar(&f.root, "root", "", "state directory (default $RBUILD_ROOT, /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild otherwise)")
 	fl.StringVar(&f.driver, "storage-driver", "", "layer store driver: overlay or vfs (default: overlay where it mounts)")
+	fl.BoolVar(&f.reproducible, "reproducible", false, "reproducible image: times from SOURCE_DATE_EPOCH (default 0), newer mtimes clamped")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "a secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR")
 	fl.StringVar(&f.compression, "compression", "gzip", "layer compression: gzip or zstd")
 	fl.IntVar(&f.compressionLevel, "compression-level", 0, "compression level (0: the algorithm's default)")
@@ -145,6 +147,8 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 		return err
 	}
 	opts.NoCacheFilter = f.noCacheFilter
+	opts.Reproducible = f.reproducible
+	opts.SourceDateEpoch = os.Getenv("SOURCE_DATE_EPOCH")
 	if f.file == "-" {
 		if opts.DockerfileContent, err = io.ReadAll(cmd.InOrStdin()); err != nil {
 			return fmt.Errorf("reading Dockerfile from standard input: %w", err)

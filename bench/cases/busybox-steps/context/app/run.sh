@@ -1,0 +1,4 @@
+#!/bin/sh
+set -e
+echo "running in $APP_HOME"
+ls /app/etc

@@ -1,0 +1,411 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// results is docs/benchmarks.json.
+type results struct {
+	Started  time.Time              `json:"started"`
+	Finished time.Time              `json:"finished"`
+	Quick    bool                   `json:"quick"`
+	Repeat   int                    `json:"repeat"`
+	Machine  machine                `json:"machine"`
+	Setup    setupInfo              `json:"setup"`
+	Builders map[string]builderInfo `json:"builders"`
+	Skipped  map[string]string      `json:"skipped,omitempty"`
+	Cases    []caseInfo             `json:"cases"`
+	Samples  []sample               `json:"samples"`
+	Summary  []summary              `json:"summary"`
+}
+
+type caseInfo struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+type machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	MemoryGiB float64 `json:"memory_gib"`
+	Kernel    string `json:"kernel"`
+	OS        string `json:"os"`
+	Go        string `json:"go"`
+	Registry  string `json:"registry"`
+	LoadStart string `json:"loadavg_start"`
+	LoadEnd   string `json:"loadavg_end,omitempty"`
+}
+
+func machineFacts() machine {
+	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	m.MemoryGiB = float64(statusLineKiB("/proc/meminfo", "MemTotal:")) / (1 << 20)
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "PRETTY_NAME="); ok {
+				m.OS = strings.Trim(v, `"`)
+			}
+		}
+	}
+	if out, err := exec.Command("docker-registry", "--version").Output(); err == nil {
+		m.Registry = strings.TrimSpace(string(out))
+	}
+	m.LoadStart = loadavg()
+	return m
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func statusLineKiB(file, key string) int64 {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, key); ok {
+			var v int64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return 0
+}
+
+// stat is the median and range of one measure over the repeats.
+type stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+func statOf(xs []float64) stat {
+	if len(xs) == 0 {
+		return stat{}
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return stat{Median: m, Min: s[0], Max: s[len(s)-1]}
+}
+
+// summary is one case × phase × builder over the repeats.
+type summary struct {
+	Case     string `json:"case"`
+	Phase    string `json:"phase"`
+	Builder  string `json:"builder"`
+	Runs     int    `json:"runs"`
+	OK       int    `json:"ok"`
+	NA       string `json:"na,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Wall     stat   `json:"wall_s"`
+	CPU      stat   `json:"cpu_s"`
+	Run      stat   `json:"run_s"`
+	Overhead stat   `json:"overhead_s"`
+	RSS      stat   `json:"peak_rss_mib"`
+	Pulled   stat   `json:"pulled_bytes"`
+	Pushed   stat   `json:"pushed_bytes"`
+}
+
+func summarize(res *results) []summary {
+	type key struct{ c, p, b string }
+	groups := map[key][]sample{}
+	var order []key
+	for _, s := range res.Samples {
+		if strings.HasSuffix(s.Phase, "-export") {
+			continue
+		}
+		k := key{s.Case, s.Phase, s.Builder}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], s)
+	}
+	var out []summary
+	for _, k := range order {
+		ss := groups[k]
+		sm := summary{Case: k.c, Phase: k.p, Builder: k.b, Runs: len(ss)}
+		var wall, cpu, run, over, rss, pulled, pushed []float64
+		for _, s := range ss {
+			if s.NA != "" {
+				sm.NA = s.NA
+				continue
+			}
+			if !s.OK {
+				sm.Error = s.Error
+				continue
+			}
+			sm.OK++
+			wall = append(wall, s.WallSec)
+			cpu = append(cpu, s.CPUSec)
+			run = append(run, s.RunSec)
+			over = append(over, s.WallSec-s.RunSec)
+			rss = append(rss, s.PeakRSSMiB)
+			pulled = append(pulled, float64(s.PulledBytes))
+			pushed = append(pushed, float64(s.PushedBytes))
+		}
+		sm.Wall, sm.CPU, sm.Run, sm.Overhead = statOf(wall), statOf(cpu), statOf(run), statOf(over)
+		sm.RSS, sm.Pulled, sm.Pushed = statOf(rss), statOf(pulled), statOf(pushed)
+		out = append(out, sm)
+	}
+	return out
+}
+
+const (
+	beginMark = "<!-- bench:begin (generated by `make bench`; edit outside these marks) -->"
+	endMark   = "<!-- bench:end -->"
+)
+
+func writeResults(cfg config, res *results) error {
+	res.Machine.LoadEnd = loadavg()
+	res.Summary = summarize(res)
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	jsonPath := filepath.Join(cfg.Out, "benchmarks.json")
+	if err := os.WriteFile(jsonPath, append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	mdPath := filepath.Join(cfg.Out, "benchmarks.md")
+	gen := markdown(res)
+	old, err := os.ReadFile(mdPath)
+	var doc string
+	if err == nil && bytes.Contains(old, []byte(beginMark)) && bytes.Contains(old, []byte(endMark)) {
+		s := string(old)
+		i := strings.Index(s, beginMark)
+		j := strings.Index(s, endMark)
+		doc = s[:i] + beginMark + "\n" + gen + endMark + s[j+len(endMark):]
+	} else {
+		doc = "# Benchmarks\n\nRun with `make bench` (see bench/README.md).\n\n" + beginMark + "\n" + gen + endMark + "\n"
+	}
+	if err := os.WriteFile(mdPath, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s and %s", mdPath, jsonPath)
+	return nil
+}
+
+func markdown(res *results) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	mode := "full"
+	if res.Quick {
+		mode = "quick (BENCH_QUICK=1)"
+	}
+	builders := builderNames(res)
+	p("\n## Results\n\n")
+	p("Run %s → %s (%s), mode %s, %d repeat(s) per case, builder and phase. ",
+		res.Started.Format("2006-01-02 15:04 UTC"), res.Finished.Format("15:04 UTC"),
+		res.Finished.Sub(res.Started).Round(time.Second), mode, res.Repeat)
+	p("Cells are the median over the repeats, with the range (min–max) when there is more than one.\n\n")
+	m := res.Machine
+	p("Machine: %d CPUs (%s), %.1f GiB memory, kernel %s, %s, %s; registry %s. ",
+		m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.OS, m.Go, m.Registry)
+	p("Load average at start %s, at the end %s: other work on the same CPUs makes the numbers noisy.\n\n", m.LoadStart, m.LoadEnd)
+	p("| builder | version |\n|---|---|\n")
+	for _, n := range builders {
+		p("| %s | %s |\n", n, res.Builders[n].Version)
+	}
+	for n, why := range res.Skipped {
+		p("| %s | skipped: %s |\n", n, mdEscape(why))
+	}
+	p("\n")
+
+	byKey := map[string]summary{}
+	for _, s := range res.Summary {
+		byKey[s.Case+"|"+s.Phase+"|"+s.Builder] = s
+	}
+	for _, c := range res.Cases {
+		p("### %s\n\n%s\n\n", c.Name, c.Description)
+		p("| phase | builder | wall s | CPU s | in RUN s | wall − RUN s | peak RSS MiB | pulled | pushed |\n")
+		p("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, ph := range phases {
+			for _, bn := range builders {
+				s, ok := byKey[c.Name+"|"+ph+"|"+bn]
+				if !ok {
+					continue
+				}
+				switch {
+				case s.NA != "":
+					p("| %s | %s | %s | | | | | | |\n", ph, bn, s.NA)
+				case s.OK == 0:
+					p("| %s | %s | failed: %s | | | | | | |\n", ph, bn, mdEscape(shorten(s.Error, 120)))
+				default:
+					p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", ph, bn,
+						fmtStat(s.Wall, "%.1f"), fmtStat(s.CPU, "%.1f"), fmtStat(s.Run, "%.1f"),
+						fmtStat(s.Overhead, "%.1f"), fmtStat(s.RSS, "%.0f"),
+						human(int64(s.Pulled.Median)), human(int64(s.Pushed.Median)))
+				}
+			}
+		}
+		p("\n")
+	}
+
+	peers := []string{}
+	for _, n := range builders {
+		if n != "rbuild" {
+			peers = append(peers, n)
+		}
+	}
+	if contains(builders, "rbuild") && len(peers) > 0 {
+		p("### rbuild / peer, median wall time\n\n")
+		p("Below 1 means rbuild is faster. Targets (issue 3): ≤ 1 against docker (BuildKit) everywhere; ≤ 0.5 against buildah in the rebuild phases.\n\n")
+		p("| case | phase |")
+		for _, pr := range peers {
+			p(" / %s |", pr)
+		}
+		p("\n|---|---|%s\n", strings.Repeat("---:|", len(peers)))
+		var missed []string
+		for _, c := range res.Cases {
+			for _, ph := range phases {
+				r, ok := byKey[c.Name+"|"+ph+"|rbuild"]
+				if !ok {
+					continue
+				}
+				p("| %s | %s |", c.Name, ph)
+				for _, pr := range peers {
+					s, ok := byKey[c.Name+"|"+ph+"|"+pr]
+					if !ok || s.OK == 0 || r.OK == 0 || s.Wall.Median == 0 {
+						p(" – |")
+						continue
+					}
+					ratio := r.Wall.Median / s.Wall.Median
+					p(" %.2f |", ratio)
+					if pr == "docker" && ratio > 1 {
+						missed = append(missed, fmt.Sprintf("%s/%s: %.2f × BuildKit", c.Name, ph, ratio))
+					}
+					if pr == "buildah" && ph != phaseCold && ratio > 0.5 {
+						missed = append(missed, fmt.Sprintf("%s/%s: %.2f × buildah", c.Name, ph, ratio))
+					}
+				}
+				p("\n")
+			}
+		}
+		p("\n")
+		if len(missed) > 0 {
+			p("Wall-time targets missed in this run: %s.\n\n", strings.Join(missed, "; "))
+		} else {
+			p("Every wall-time target with a measured peer was met in this run.\n\n")
+		}
+		if contains(peers, "docker") {
+			p("### Builder overhead (wall − time in RUN steps), rbuild vs BuildKit\n\n")
+			p("Time in RUN steps comes from each builder's log: BuildKit's own duration of each RUN vertex; for rbuild the time from a RUN step's header line to the next step's (so it includes that step's layer commit, which makes rbuild's overhead look smaller, not larger).\n\n")
+			p("| case | phase | rbuild s | BuildKit s | rbuild / BuildKit | rbuild share of its wall |\n|---|---|---:|---:|---:|---:|\n")
+			for _, c := range res.Cases {
+				for _, ph := range phases {
+					r, ok1 := byKey[c.Name+"|"+ph+"|rbuild"]
+					d, ok2 := byKey[c.Name+"|"+ph+"|docker"]
+					if !ok1 || !ok2 || r.OK == 0 || d.OK == 0 {
+						continue
+					}
+					ratio := "–"
+					if d.Overhead.Median > 0 {
+						ratio = fmt.Sprintf("%.2f", r.Overhead.Median/d.Overhead.Median)
+					}
+					share := "–"
+					if r.Wall.Median > 0 {
+						share = fmt.Sprintf("%.0f%%", 100*r.Overhead.Median/r.Wall.Median)
+					}
+					p("| %s | %s | %.1f | %.1f | %s | %s |\n", c.Name, ph, r.Overhead.Median, d.Overhead.Median, ratio, share)
+				}
+			}
+			p("\n")
+		}
+	}
+
+	var failed []sample
+	for _, s := range res.Samples {
+		if !s.OK && s.NA == "" {
+			failed = append(failed, s)
+		}
+	}
+	if len(failed) > 0 {
+		p("### Failed builds\n\n")
+		for _, s := range failed {
+			p("- %s / %s / %s, repeat %d: %s\n", s.Case, s.Builder, s.Phase, s.Rep, mdEscape(shorten(s.Error, 300)))
+		}
+		p("\n")
+	}
+
+	p("### How each builder ran\n\n")
+	for _, n := range builders {
+		info := res.Builders[n]
+		p("**%s** (%s)\n\n```\n%s\n```\n\n", n, info.Version, strings.Join(info.Commands, "\n"))
+		for _, note := range info.Notes {
+			p("- %s\n", note)
+		}
+		p("\n")
+	}
+	if len(res.Setup.Installed) > 0 || len(res.Setup.Failed) > 0 {
+		p("Setup installed: %s.", strings.Join(res.Setup.Installed, ", "))
+		for pk, why := range res.Setup.Failed {
+			p(" %s failed to install: %s.", pk, mdEscape(shorten(why, 200)))
+		}
+		p("\n\n")
+	}
+	return b.String()
+}
+
+func builderNames(res *results) []string {
+	var out []string
+	for _, n := range allBuilders {
+		if _, ok := res.Builders[n]; ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func fmtStat(s stat, f string) string {
+	if s.Min == s.Max {
+		return fmt.Sprintf(f, s.Median)
+	}
+	return fmt.Sprintf(f+" ("+f+"–"+f+")", s.Median, s.Min, s.Max)
+}
+
+func mdEscape(s string) string {
+	s = strings.ReplaceAll(s, "|", `\|`)
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
