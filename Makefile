@@ -50,8 +50,14 @@ integration: bin/rbuild
 
 test: deps vet unit integration
 
+# rbuild against BuildKit (docker.io), buildah and kaniko, same machine, same
+# run (issue 3). Run as root: it installs the Debian packages it needs, starts
+# a registry and dockerd in a temporary directory and stops them at the end.
+# BENCH_QUICK=1: busybox cases only, one repeat. BENCH_REPEAT, BENCH_CASES,
+# BENCH_BUILDERS, BENCH_KEEP: see bench/README.md. Writes docs/benchmarks.md
+# and docs/benchmarks.json.
 bench: bin/rbuild
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./snapshot ./cache ./builder
+	$(GO) run ./bench -rbuild $(CURDIR)/bin/rbuild -cases $(CURDIR)/bench/cases
 
 clean:
 	rm -rf bin out examples/hello/hello

@@ -139,10 +139,10 @@ type sample struct {
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
 	// TreeMaxRSSMiB is ru_maxrss: the largest process of the tree, RUN
 	// commands included (for Docker, only the CLI).
-	TreeMaxRSSMiB float64 `json:"tree_max_rss_mib"`
-	PulledBytes   int64   `json:"pulled_bytes"`
-	PushedBytes   int64   `json:"pushed_bytes"`
-	Requests      int64   `json:"requests"`
+	TreeMaxRSSMiB float64  `json:"tree_max_rss_mib"`
+	PulledBytes   int64    `json:"pulled_bytes"`
+	PushedBytes   int64    `json:"pushed_bytes"`
+	Requests      int64    `json:"requests"`
 	Commands      []string `json:"commands,omitempty"`
 	Log           string   `json:"log,omitempty"`
 }

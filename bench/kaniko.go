@@ -136,7 +136,7 @@ func (b *kanikoBuilder) bundle(r buildReq) (string, error) {
 		},
 		"linux": map[string]any{
 			// No network namespace: the registry is on the host's loopback.
-			"namespaces": []map[string]string{{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}},
+			"namespaces":  []map[string]string{{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}},
 			"maskedPaths": []string{"/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"},
 		},
 	}

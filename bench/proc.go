@@ -317,8 +317,8 @@ func treeOf(roots []int) []int {
 }
 
 type procStat struct {
-	ppid                           int
-	utime, stime, cutime, cstime   int64
+	ppid                         int
+	utime, stime, cutime, cstime int64
 }
 
 // readStat parses /proc/PID/stat (fields after the parenthesized comm).

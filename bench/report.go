@@ -34,15 +34,15 @@ type caseInfo struct {
 }
 
 type machine struct {
-	CPUs      int    `json:"cpus"`
-	CPUModel  string `json:"cpu_model"`
+	CPUs      int     `json:"cpus"`
+	CPUModel  string  `json:"cpu_model"`
 	MemoryGiB float64 `json:"memory_gib"`
-	Kernel    string `json:"kernel"`
-	OS        string `json:"os"`
-	Go        string `json:"go"`
-	Registry  string `json:"registry"`
-	LoadStart string `json:"loadavg_start"`
-	LoadEnd   string `json:"loadavg_end,omitempty"`
+	Kernel    string  `json:"kernel"`
+	OS        string  `json:"os"`
+	Go        string  `json:"go"`
+	Registry  string  `json:"registry"`
+	LoadStart string  `json:"loadavg_start"`
+	LoadEnd   string  `json:"loadavg_end,omitempty"`
 }
 
 func machineFacts() machine {

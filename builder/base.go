@@ -11,7 +11,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/rbuild/rbuild/snapshot"
-	"golang.org/x/sync/errgroup"
 )
 
 // baseImage is a resolved base image. Its layers are not downloaded yet:
@@ -150,21 +149,36 @@ func (b *build) materialize(ctx context.Context, layers []snapshot.Layer) (strin
 		diffIDs[i] = l.DiffID
 	}
 	ids := chainIDs(diffIDs)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for _, l := range layers[start:] {
-		g.Go(func() error { return b.fetchBlob(gctx, l) })
-	}
-	if err := g.Wait(); err != nil {
-		return "", err
+	// Downloads run concurrently; each layer is unpacked as soon as it and
+	// the layers below it are here, while the others keep downloading.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make([]chan error, len(layers))
+	sem := make(chan struct{}, 4)
+	for i := start; i < len(layers); i++ {
+		done[i] = make(chan error, 1)
+		go func(l snapshot.Layer, ch chan error) {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				ch <- ctx.Err()
+				return
+			}
+			defer func() { <-sem }()
+			ch <- b.fetchBlob(ctx, l)
+		}(layers[i], done[i])
 	}
 	parent := ""
 	if start > 0 {
 		parent = layers[start-1].ID
 	}
+	onSnapshot := start > 0 && layers[start-1].ID != ids[start-1]
 	for i := start; i < len(layers); i++ {
+		if err := <-done[i]; err != nil {
+			return "", err
+		}
 		id := ids[i]
-		if parent != "" && start > 0 && layers[start-1].ID != ids[start-1] {
+		if onSnapshot {
 			// The chain continues on a locally built snapshot: its chain
 			// ID names other parents, so key the new layer on the
 			// snapshot it really sits on.
@@ -203,7 +217,8 @@ func (b *build) fetchBlob(ctx context.Context, l snapshot.Layer) error {
 }
 
 // applyBlob unpacks a stored blob as store layer id on parent, checking
-// that the uncompressed stream matches the diffID the config promised.
+// that the uncompressed stream matches the diffID the config promised and
+// that no entry reaches outside the root.
 func (b *build) applyBlob(l snapshot.Layer, id, parent string) error {
 	rc, err := b.store.Blobs.V1(l).Uncompressed()
 	if err != nil {
@@ -211,14 +226,32 @@ func (b *build) applyBlob(l snapshot.Layer, id, parent string) error {
 	}
 	defer rc.Close()
 	h := sha256.New()
-	if err := b.store.PutLayer(id, parent, io.TeeReader(rc, h)); err != nil {
+	// The entry check reads a copy of the stream as it is unpacked.
+	pr, pw := io.Pipe()
+	checked := make(chan error, 1)
+	go func() {
+		err := checkLayerEntries(pr)
+		_, _ = io.Copy(io.Discard, pr)
+		checked <- err
+	}()
+	err = b.store.PutLayer(id, parent, io.TeeReader(io.TeeReader(rc, h), pw))
+	pw.CloseWithError(err)
+	bad := <-checked
+	if err != nil {
+		if bad != nil {
+			// The store stumbled over the entry the check names.
+			_ = b.store.Delete(id)
+			return fmt.Errorf("layer %s: %w", l.Digest, bad)
+		}
 		return err
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != l.DiffID.String() {
-		// The store holds a layer whose content is not what the image
-		// names: remove it so it is never used.
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); bad == nil && got != l.DiffID.String() {
+		bad = fmt.Errorf("content does not match its diffID %s (got %s)", l.DiffID, got)
+	}
+	if bad != nil {
+		// The store holds a layer that must never be used: remove it.
 		_ = b.store.Delete(id)
-		return fmt.Errorf("layer %s: content does not match its diffID %s (got %s)", l.Digest, l.DiffID, got)
+		return fmt.Errorf("layer %s: %w", l.Digest, bad)
 	}
 	return nil
 }

@@ -158,6 +158,9 @@ func newBuild(opts *Options) (*build, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d := b.store.Driver(); d != "overlay" {
+		b.warn("layer store uses the %s driver (overlay cannot mount here): each step's changes are found by comparing whole trees, which is slower", d)
+	}
 	b.reg = registry.New(registry.Options{Insecure: opts.InsecureRegistries, Keychain: opts.Keychain})
 	return b, nil
 }
