@@ -232,15 +232,22 @@ func runMeasured(ctx context.Context, spec cmdSpec, log io.Writer, exes []string
 type sampler struct {
 	roots func() []int
 	exes  map[string]bool
+	comms map[string]bool
 	peak  int64
 	quit  chan struct{}
 	done  chan struct{}
 }
 
 func startSampler(roots func() []int, exes []string) *sampler {
-	s := &sampler{roots: roots, exes: map[string]bool{}, quit: make(chan struct{}), done: make(chan struct{})}
+	s := &sampler{roots: roots, exes: map[string]bool{}, comms: map[string]bool{}, quit: make(chan struct{}), done: make(chan struct{})}
 	for _, e := range exes {
 		s.exes[e] = true
+		// comm is the executable's name cut to 15 bytes.
+		c := filepath.Base(e)
+		if len(c) > 15 {
+			c = c[:15]
+		}
+		s.comms[c] = true
 	}
 	go s.loop()
 	return s
@@ -262,12 +269,11 @@ func (s *sampler) loop() {
 
 func (s *sampler) sample() {
 	for _, pid := range treeOf(s.roots()) {
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if err != nil {
-			continue
-		}
+		// A builder re-executed in its own user and mount namespaces shows
+		// "/" as its exe from here; its comm still names the binary.
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 		exe = strings.TrimSuffix(exe, " (deleted)")
-		if !s.exes[exe] {
+		if !s.exes[exe] && !s.comms[procComm(pid)] {
 			continue
 		}
 		if hwm := statusKiB(pid, "VmHWM:"); hwm > s.peak {
@@ -280,6 +286,14 @@ func (s *sampler) stop() int64 {
 	close(s.quit)
 	<-s.done
 	return s.peak
+}
+
+func procComm(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // treeOf returns roots and all their live descendants.

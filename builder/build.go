@@ -154,7 +154,12 @@ func newBuild(opts *Options) (*build, error) {
 	if b.cache, err = cache.OpenLocal(filepath.Join(opts.Root, "cache")); err != nil {
 		return nil, err
 	}
-	b.store, err = snapshot.Open(snapshot.Options{Root: opts.Root, Driver: opts.Driver, Compression: opts.Compression, Epoch: b.epoch})
+	driver := opts.Driver
+	if opts.Isolation == "chroot" {
+		// Overlay needs mounts, which chroot isolation does not have.
+		driver = "vfs"
+	}
+	b.store, err = snapshot.Open(snapshot.Options{Root: opts.Root, Driver: driver, Compression: opts.Compression, Epoch: b.epoch})
 	if err != nil {
 		return nil, err
 	}

@@ -48,6 +48,9 @@ type Options struct {
 	Pull bool
 	// Network for RUN steps: "host" (default) or "none".
 	Network string
+	// Isolation of RUN steps: "userns" (default) or "chroot" (root without
+	// namespace or mount privileges; forces the vfs layer store).
+	Isolation string
 	// Root is rbuild's state directory.
 	Root string
 	// Driver forces the storage driver ("overlay", "vfs").

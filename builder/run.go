@@ -62,16 +62,17 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 		out := b.log.lineWriter("  " + s.label() + "| ")
 		defer out.Flush()
 		spec := executor.RunSpec{
-			Rootfs:   rootfs,
-			Args:     args,
-			Env:      append(append([]string(nil), env...), secretEnv...),
-			Mounts:   mounts,
-			Dir:      wd,
-			User:     cfg.User,
-			Network:  network,
-			StateDir: b.stateDir,
-			Stdout:   out,
-			Stderr:   out,
+			Rootfs:    rootfs,
+			Args:      args,
+			Env:       append(append([]string(nil), env...), secretEnv...),
+			Mounts:    mounts,
+			Dir:       wd,
+			User:      cfg.User,
+			Network:   network,
+			Isolation: b.opts.Isolation,
+			StateDir:  b.stateDir,
+			Stdout:    out,
+			Stderr:    out,
 		}
 		if script != nil {
 			dir, err := os.MkdirTemp(b.stateDir, "heredoc-")

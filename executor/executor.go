@@ -32,6 +32,9 @@ type RunSpec struct {
 	// Mounts are extra bind mounts (cache, secret and bind mounts of
 	// RUN --mount). They never reach a layer.
 	Mounts []Mount
+	// Isolation is "" (namespaces through libcontainer) or "chroot" (for
+	// root where namespaces and mounts are not allowed; see chroot.go).
+	Isolation string
 	// StateDir is a private directory for the runtime's state.
 	StateDir string
 	// Stdout and Stderr receive the command's output.

@@ -33,6 +33,9 @@ type mountStubs struct {
 	created []stubEntry
 	// parents are the pre-existing directories that got a new entry.
 	parents map[string]*parentTimes
+	// forced are stubs removed whatever they hold: files the sandbox
+	// filled in itself (chroot isolation's /etc/hosts, device nodes).
+	forced map[string]bool
 }
 
 type stubEntry struct {
@@ -59,15 +62,34 @@ func createMountStubs(rootfs string, targets []string, dirs []bool) (*mountStubs
 			return nil, err
 		}
 	}
+	if err := s.setupDone(); err != nil {
+		s.cleanup()
+		return nil, err
+	}
+	return s, nil
+}
+
+// setupDone records the parents' times once the stubs are in place; call
+// it again after replacing stubs (filling them in, making device nodes), so
+// that cleanup can tell the step's own changes from the set-up's.
+func (s *mountStubs) setupDone() error {
 	for dir, pt := range s.parents {
 		t, err := getTimes(dir)
 		if err != nil {
-			s.cleanup()
-			return nil, err
+			return err
 		}
 		pt.afterSetup = t
 	}
-	return s, nil
+	return nil
+}
+
+// force marks a stub to be removed at cleanup even though it is no longer
+// empty.
+func (s *mountStubs) force(path string) {
+	if s.forced == nil {
+		s.forced = map[string]bool{}
+	}
+	s.forced[path] = true
 }
 
 func (s *mountStubs) create(rootfs, target string, isDir bool) error {
@@ -161,6 +183,11 @@ func (s *mountStubs) cleanup() error {
 	})
 	for _, e := range entries {
 		removed, err := removeIfEmpty(e.path)
+		if s.forced[e.path] && !removed && err == nil {
+			if err = os.Remove(e.path); err == nil {
+				removed = true
+			}
+		}
 		if err != nil {
 			errs = append(errs, err)
 		}

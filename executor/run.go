@@ -46,6 +46,9 @@ func Run(ctx context.Context, spec RunSpec) (retErr error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
+	if spec.Isolation == "chroot" {
+		return runChroot(ctx, spec)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("run: needs euid 0: run as root, or re-exec into a user namespace first (unshare.MaybeReexecUsingUserNamespace)")
 	}

@@ -143,16 +143,22 @@ func (h *harness) binary(t testing.TB) string {
 		if p == "" {
 			p = os.Getenv(envBin)
 		}
-		if p != "" {
-			h.bin, h.binErr = filepath.Abs(p)
-			return
-		}
 		dir := filepath.Join(h.workDir(t), "bin")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			h.binErr = err
 			return
 		}
 		bin := filepath.Join(dir, "rbuild")
+		if p != "" {
+			// Copy it where the unprivileged user can reach it: the
+			// checkout may be under a directory it cannot enter.
+			b, err := os.ReadFile(p)
+			if err == nil {
+				err = os.WriteFile(bin, b, 0o755)
+			}
+			h.bin, h.binErr = bin, err
+			return
+		}
 		start := time.Now()
 		cmd := exec.Command(goTool(), "build",
 			"-tags", "exclude_graphdriver_btrfs netgo osusergo",

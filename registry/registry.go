@@ -119,7 +119,7 @@ func (c *Client) Image(ctx context.Context, ref name.Reference, platform v1.Plat
 			if d.Platform == nil {
 				continue
 			}
-			if d.Platform.Satisfies(platform) {
+			if satisfies(*d.Platform, platform) {
 				img, err := idx.Image(d.Digest)
 				if err != nil {
 					return nil, Explain(ref.String(), err)
@@ -135,6 +135,16 @@ func (c *Client) Image(ctx context.Context, ref name.Reference, platform v1.Plat
 		return nil, Explain(ref.String(), err)
 	}
 	return img, nil
+}
+
+// satisfies reports whether an index entry's platform fits the wanted
+// one. arm64 has one variant: an entry without it is v8, as containerd
+// and Docker match it ("linux/arm64/v8" finds a plain "linux/arm64").
+func satisfies(have, want v1.Platform) bool {
+	if have.Architecture == "arm64" && have.Variant == "" {
+		have.Variant = "v8"
+	}
+	return have.Satisfies(want)
 }
 
 // Write pushes img to ref, uploading only the blobs the registry lacks

@@ -45,6 +45,7 @@ type buildFlags struct {
 	cacheRepo          string
 	noCacheFilter      []string
 	reproducible       bool
+	isolation          string
 }
 
 func newRootCommand() *cobra.Command {
@@ -94,6 +95,7 @@ func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
 	fl.StringArrayVar(&f.insecureRegistries, "insecure-registry", nil, "reach this registry over plain HTTP (repeatable)")
 	fl.StringVar(&f.root, "root", "", "state directory (default $RBUILD_ROOT, /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild otherwise)")
 	fl.StringVar(&f.driver, "storage-driver", "", "layer store driver: overlay or vfs (default: overlay where it mounts)")
+	fl.StringVar(&f.isolation, "isolation", "auto", "how RUN steps are isolated: auto, userns or chroot")
 	fl.BoolVar(&f.reproducible, "reproducible", false, "reproducible image: times from SOURCE_DATE_EPOCH (default 0), newer mtimes clamped")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "a secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR")
 	fl.StringVar(&f.compression, "compression", "gzip", "layer compression: gzip or zstd")
@@ -103,7 +105,8 @@ func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
 func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	// First of all: an unprivileged rbuild continues in a child process,
 	// which must still find standard input unread (-f -).
-	if err := enterUserNamespace(); err != nil {
+	isolation, err := chooseIsolation(f.isolation, cmd.ErrOrStderr())
+	if err != nil {
 		return err
 	}
 	switch f.network {
@@ -133,7 +136,7 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 		opts.Progress = io.Discard
 		opts.Warnings = cmd.ErrOrStderr()
 	}
-	var err error
+	opts.Isolation = isolation
 	if opts.BuildArgs, err = keyValues(f.buildArgs, "--build-arg", true); err != nil {
 		return err
 	}
