@@ -5,6 +5,7 @@
 #   make test       everything: unit and end-to-end tests (installs Debian packages it needs)
 #   make bench      benchmarks
 
+SHELL     := /bin/bash
 GO        ?= go
 # cgo is required (libcontainer's nsenter, storage's unshare); btrfs is left
 # out so no libbtrfs headers are needed; netgo/osusergo make a clean static

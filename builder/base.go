@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/rbuild/rbuild/snapshot"
 )
@@ -123,8 +124,29 @@ func (b *build) layer(l snapshot.Layer) (v1.Layer, error) {
 	if open == nil {
 		return nil, fmt.Errorf("layer %s is neither stored locally nor known in a registry", l.Digest)
 	}
-	return open()
+	src, err := open()
+	if err != nil {
+		return nil, err
+	}
+	mt, err := src.MediaType()
+	if err != nil || mt == l.MediaType || l.MediaType == "" {
+		return src, err
+	}
+	// A Docker base layer in an OCI image: same bytes, OCI media type.
+	// Keep it mountable from its repository.
+	if ml, ok := src.(*remote.MountableLayer); ok {
+		return &remote.MountableLayer{Layer: retyped{ml.Layer, l.MediaType}, Reference: ml.Reference}, nil
+	}
+	return retyped{src, l.MediaType}, nil
 }
+
+// retyped is a layer presented under another media type.
+type retyped struct {
+	v1.Layer
+	mt types.MediaType
+}
+
+func (r retyped) MediaType() (types.MediaType, error) { return r.mt, nil }
 
 // materialize makes sure the store holds the root filesystem of layers and
 // returns the ID of its top layer ("" for no layers). Layers already in the
@@ -185,14 +207,24 @@ func (b *build) materialize(ctx context.Context, layers []snapshot.Layer) (strin
 			sum := sha256.Sum256([]byte(parent + " " + layers[i].DiffID.String()))
 			id = hex.EncodeToString(sum[:])
 		}
-		if !b.store.Exists(id) {
-			if err := b.applyBlob(layers[i], id, parent); err != nil {
-				return "", err
-			}
+		if err := b.applyOnce(layers[i], id, parent); err != nil {
+			return "", err
 		}
 		parent = id
 	}
 	return parent, nil
+}
+
+// applyOnce stores a layer unless it is there; stages materializing the
+// same base at once take turns per layer instead of unpacking it twice.
+func (b *build) applyOnce(l snapshot.Layer, id, parent string) error {
+	mu, _ := b.layerLocks.LoadOrStore(id, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	if b.store.Exists(id) {
+		return nil
+	}
+	return b.applyBlob(l, id, parent)
 }
 
 // fetchBlob downloads a layer blob into the blob store, verifying its
@@ -234,9 +266,13 @@ func (b *build) applyBlob(l snapshot.Layer, id, parent string) error {
 		_, _ = io.Copy(io.Discard, pr)
 		checked <- err
 	}()
-	err = b.store.PutLayer(id, parent, io.TeeReader(io.TeeReader(rc, h), pw))
+	stored, err := b.store.PutLayer(id, parent, io.TeeReader(io.TeeReader(rc, h), pw))
 	pw.CloseWithError(err)
 	bad := <-checked
+	if err == nil && !stored {
+		// Another build stored it meanwhile; it checked the content.
+		return nil
+	}
 	if err != nil {
 		if bad != nil {
 			// The store stumbled over the entry the check names.

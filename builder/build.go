@@ -58,6 +58,8 @@ type build struct {
 	shared   map[cache.Key]sharedEntry
 	produced []produced
 	noCache  map[string]bool
+	// layerLocks serializes storing one layer (by store ID).
+	layerLocks sync.Map
 	// epoch is SOURCE_DATE_EPOCH: image and history times, and the mtime
 	// clamp of new layers.
 	epoch *time.Time
@@ -227,9 +229,6 @@ func parsePlatform(s string) (v1.Platform, error) {
 	}
 	if p.OS != "linux" {
 		return v1.Platform{}, fmt.Errorf("--platform %q: only linux images can be built", s)
-	}
-	if p.Architecture != runtime.GOARCH {
-		return v1.Platform{}, fmt.Errorf("--platform %q: this host runs %s and rbuild does not emulate other architectures", s, runtime.GOARCH)
 	}
 	return *p, nil
 }

@@ -165,8 +165,8 @@ func (b *build) dispatch(ctx context.Context, s *stage, cmd instructions.Command
 		cfg.Shell = c.Shell
 		s.history(fmt.Sprintf("SHELL %v", c.Shell), true)
 	case *instructions.OnbuildCommand:
+		// Recorded in the config only: BuildKit writes no history for it.
 		cfg.OnBuild = append(cfg.OnBuild, c.Expression)
-		s.history("ONBUILD "+c.Expression, true)
 	default:
 		return wrap(fmt.Errorf("instruction not supported"))
 	}
@@ -288,6 +288,12 @@ func (b *build) step(ctx context.Context, s *stage, key cache.Key, createdBy str
 	if err != nil {
 		_ = b.store.Remove(snap)
 		return err
+	}
+	if layer.Empty {
+		// Docker keeps a layer for a step that changed nothing.
+		if layer, err = b.store.EmptyLayer(layer.ID); err != nil {
+			return err
+		}
 	}
 	if err := b.cache.Put(key, layerEntry(layer)); err != nil {
 		b.warn("recording cache entry: %v", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -15,6 +16,10 @@ import (
 
 // run executes a RUN instruction in the sandbox on a new snapshot.
 func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) error {
+	if s.platform.Architecture != runtime.GOARCH {
+		// A stage of another platform may be copied from, not run in.
+		return fmt.Errorf("the stage's platform is %s and this host runs %s: rbuild does not emulate other architectures", s.platform.String(), runtime.GOARCH)
+	}
 	network := b.opts.Network
 	switch instructions.GetNetwork(c) {
 	case instructions.NetworkNone:

@@ -158,7 +158,8 @@ func (b *build) buildStage(ctx context.Context, s *stage) error {
 		s.top, s.topValid, s.key = p.top, p.topValid, p.key
 		triggers = p.cfg.Config.OnBuild
 	case strings.EqualFold(s.base, "scratch"):
-		s.cfg = &v1.ConfigFile{}
+		// BuildKit's empty image config: working directory "/".
+		s.cfg = &v1.ConfigFile{Config: v1.Config{WorkingDir: "/"}}
 		s.topValid = true
 		s.key = b.rootKey("scratch", s.platform)
 	default:
@@ -268,14 +269,22 @@ func (s *stage) env() []string {
 	return env
 }
 
-// argEnv lists the stage's build args with values (for RUN's history
-// string and cache key).
+// argEnv lists the stage's build args for RUN's history text, as
+// BuildKit: every declared arg, an empty value for those without one.
 func (s *stage) argEnv() []string {
 	var out []string
+	idx := map[string]int{}
 	for _, a := range s.args {
+		v := ""
 		if a.value != nil {
-			out = append(out, a.key+"="+*a.value)
+			v = *a.value
 		}
+		if i, ok := idx[a.key]; ok {
+			out[i] = a.key + "=" + v
+			continue
+		}
+		idx[a.key] = len(out)
+		out = append(out, a.key+"="+v)
 	}
 	return out
 }

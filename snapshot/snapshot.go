@@ -25,6 +25,7 @@
 package snapshot
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -223,6 +224,26 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 	return info, nil
 }
 
+// EmptyLayer writes the blob of a layer with no entries for snapshot id:
+// Docker keeps such a layer for a step that changed nothing (RUN true, a
+// WORKDIR that exists), and so does rbuild, so images match.
+func (s *Store) EmptyLayer(id string) (*Layer, error) {
+	w, err := s.Blobs.NewLayerWriter(s.compression)
+	if err != nil {
+		return nil, err
+	}
+	if err := tar.NewWriter(w).Close(); err != nil {
+		w.Abort()
+		return nil, err
+	}
+	l, err := w.Commit()
+	if err != nil {
+		return nil, err
+	}
+	l.ID = id
+	return l, nil
+}
+
 // Remove unmounts and deletes a snapshot that will not be committed.
 func (s *Store) Remove(snap *Snapshot) error {
 	_, _ = s.store.Unmount(snap.ID, true)
@@ -237,20 +258,22 @@ func (s *Store) Exists(id string) bool {
 
 // PutLayer stores a base image layer from its blob under a fixed id (the
 // layer's chain ID, so each base layer is stored once) on top of parent.
-// The blob may be compressed; storage detects the format.
-func (s *Store) PutLayer(id, parent string, blob io.Reader) error {
+// The blob may be compressed; storage detects the format. It reports
+// whether it stored the layer: false when the id existed already and blob
+// was not read.
+func (s *Store) PutLayer(id, parent string, blob io.Reader) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.Exists(id) {
-		return nil
+		return false, nil
 	}
 	if _, _, err := s.store.PutLayer(id, parent, nil, "", false, nil, blob); err != nil {
 		if errors.Is(err, storage.ErrDuplicateID) {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("storing layer %s: %w", short(id), err)
+		return false, fmt.Errorf("storing layer %s: %w", short(id), err)
 	}
-	return nil
+	return true, nil
 }
 
 func ptr[T any](v T) *T { return &v }

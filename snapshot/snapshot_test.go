@@ -324,7 +324,7 @@ func TestLayerChain(t *testing.T) {
 			rc, err := st.Blobs.Open(l.Digest)
 			must(t, err)
 			id := fmt.Sprintf("%064x", sha256.Sum256([]byte(fmt.Sprint("chain", i))))
-			err = other.PutLayer(id, parent, rc)
+			_, err = other.PutLayer(id, parent, rc)
 			rc.Close()
 			if err != nil {
 				t.Fatalf("PutLayer of layer %d: %v", i+1, err)
@@ -616,7 +616,8 @@ func TestCapabilityXattr(t *testing.T) {
 		must(t, err)
 		defer rc.Close()
 		id := fmt.Sprintf("%064x", sha256.Sum256([]byte("cap")))
-		must(t, other.PutLayer(id, "", rc))
+		_, err = other.PutLayer(id, "", rc)
+		must(t, err)
 		root, release, err := other.Mount(id)
 		must(t, err)
 		defer release()
@@ -689,14 +690,14 @@ func TestPutLayer(t *testing.T) {
 			entry{hdr: &tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/link", Linkname: "os-release"}},
 		)
 		id1, id2, id3 := layerID("base"), layerID("top"), layerID("zstd")
-		if err := st.PutLayer(id1, "", bytes.NewReader(gzipBytes(t, base))); err != nil {
+		if _, err := st.PutLayer(id1, "", bytes.NewReader(gzipBytes(t, base))); err != nil {
 			t.Fatalf("PutLayer of a gzip blob: %v", err)
 		}
 		if !st.Exists(id1) {
 			t.Fatal("layer missing after PutLayer")
 		}
 		// Stored once: a second put is a no-op, even with other content.
-		if err := st.PutLayer(id1, "", bytes.NewReader([]byte("not a tar"))); err != nil {
+		if _, err := st.PutLayer(id1, "", bytes.NewReader([]byte("not a tar"))); err != nil {
 			t.Errorf("second PutLayer of the same id: %v", err)
 		}
 		top := makeTar(t,
@@ -704,10 +705,10 @@ func TestPutLayer(t *testing.T) {
 			fileEntry("etc/.wh.remove-me", ""),
 			fileEntry("etc/added", "new"),
 		)
-		if err := st.PutLayer(id2, id1, bytes.NewReader(top)); err != nil {
+		if _, err := st.PutLayer(id2, id1, bytes.NewReader(top)); err != nil {
 			t.Fatalf("PutLayer of an uncompressed blob: %v", err)
 		}
-		if err := st.PutLayer(id3, id2, bytes.NewReader(zstdBytes(t, makeTar(t, fileEntry("z", "zstd"))))); err != nil {
+		if _, err := st.PutLayer(id3, id2, bytes.NewReader(zstdBytes(t, makeTar(t, fileEntry("z", "zstd"))))); err != nil {
 			t.Fatalf("PutLayer of a zstd blob: %v", err)
 		}
 		p, release, err := st.Mount(id3)
@@ -743,14 +744,14 @@ func TestPutLayer(t *testing.T) {
 
 		// Garbage is refused and leaves no layer behind.
 		bad := layerID("bad")
-		if err := st.PutLayer(bad, "", bytes.NewReader(gzipBytes(t, []byte("this is not a tar archive, just text that goes on")))); err == nil {
+		if _, err := st.PutLayer(bad, "", bytes.NewReader(gzipBytes(t, []byte("this is not a tar archive, just text that goes on")))); err == nil {
 			t.Error("PutLayer of a non-tar blob succeeded")
 		}
 		if st.Exists(bad) {
 			t.Error("a failed PutLayer left a layer")
 		}
 		// An unknown parent is an error.
-		if err := st.PutLayer(layerID("orphan"), layerID("no-such-parent"), bytes.NewReader(top)); err == nil {
+		if _, err := st.PutLayer(layerID("orphan"), layerID("no-such-parent"), bytes.NewReader(top)); err == nil {
 			t.Error("PutLayer on a missing parent succeeded")
 		}
 	})
@@ -768,7 +769,7 @@ func TestPutLayerConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = st.PutLayer(id, "", bytes.NewReader(blob))
+			_, errs[i] = st.PutLayer(id, "", bytes.NewReader(blob))
 		}()
 	}
 	wg.Wait()
