@@ -2,6 +2,7 @@
 #
 #   make            the static binary in bin/rbuild
 #   make example    build examples/hello into out/hello.tar (no registry, no network)
+#   make image      rbuild's own image into out/rbuild-image.tar, built by rbuild
 #   make test       everything: unit and end-to-end tests (installs Debian packages it needs)
 #   make bench      benchmarks
 
@@ -35,6 +36,25 @@ example: bin/rbuild
 	./bin/rbuild build --root $(CURDIR)/out/state -t hello:latest \
 		--output type=oci,dest=$(CURDIR)/out/hello.tar examples/hello
 	@echo "wrote out/hello.tar (OCI image layout); inspect it with: tar -tf out/hello.tar"
+
+# rbuild's own image (the top-level Dockerfile): FROM scratch with the
+# static binary, the CA bundle and a non-root user (uid 1000), built by
+# rbuild itself into an OCI image layout tar. No registry, no network. The
+# context is the repository, narrowed by .dockerignore to bin/rbuild and the
+# root file system staged here in out/image/rootfs. CA_BUNDLE: the
+# certificates to ship (default: this machine's).
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+IMAGE_TAG ?= rbuild:latest
+.PHONY: image
+image: bin/rbuild
+	rm -rf out/image
+	install -d -m 0755 out/image/rootfs/etc/ssl/certs out/image/rootfs/home out/image/rootfs/usr/local/bin
+	install -d -m 1777 out/image/rootfs/tmp
+	install -m 0644 $(CA_BUNDLE) out/image/rootfs/etc/ssl/certs/ca-certificates.crt
+	./bin/rbuild build --root $(CURDIR)/out/state --push=false -t $(IMAGE_TAG) \
+		--label org.opencontainers.image.version=$(VERSION) \
+		--output type=oci,dest=$(CURDIR)/out/rbuild-image.tar .
+	@echo "wrote out/rbuild-image.tar (OCI image layout, tag $(IMAGE_TAG))"
 
 deps:
 	./scripts/test-deps.sh

@@ -138,9 +138,24 @@ func (c *benchCase) generates(p string) bool {
 	return false
 }
 
+// quickScale divides generated inputs in quick mode, so that it runs in a
+// few minutes; the report says so next to the case.
+const quickScale = 10
+
 func selectCases(all []*benchCase, cfg config) []*benchCase {
 	var out []*benchCase
 	for _, c := range all {
+		if cfg.Quick && len(c.Generate) > 0 {
+			for i := range c.Generate {
+				g := &c.Generate[i]
+				if g.File != "" {
+					g.Size = max(g.Size/quickScale, 1)
+				} else {
+					g.Count = (g.Count + quickScale - 1) / quickScale
+				}
+			}
+			c.Description += fmt.Sprintf(" (Quick mode: the generated file is 1/%d of this size and there are 1/%d as many small files.)", quickScale, quickScale)
+		}
 		if len(cfg.Cases) > 0 {
 			if contains(cfg.Cases, c.Name) {
 				out = append(out, c)

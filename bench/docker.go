@@ -53,9 +53,9 @@ func newDocker(ctx context.Context, env *benchEnv) (builder, error) {
 	}
 	b.version = "Docker Engine " + strings.TrimSpace(string(out)) + " (docker.io), BuildKit built in"
 	if out, err := exec.Command(dockerCLI, "buildx", "version").CombinedOutput(); err != nil {
-		b.buildx = "no buildx plugin: " + strings.TrimSpace(string(out))
+		b.buildx = "no buildx plugin (`docker buildx version`: " + strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0] + "), so no --cache-to/--cache-from type=registry"
 	} else {
-		b.buildx = strings.TrimSpace(string(out))
+		b.buildx = "buildx " + strings.TrimSpace(string(out)) + " is present but not used (the peer is the engine's built-in BuildKit)"
 	}
 	return b, nil
 }
@@ -132,6 +132,9 @@ func (b *dockerBuilder) stop() {
 		return
 	}
 	stopProcess(b.pid, b.exited, 60*time.Second)
+	// dockerd stops the containerd it started; anything of its process
+	// group that is left goes now.
+	_ = syscall.Kill(-b.pid, syscall.SIGKILL)
 	b.pid = 0
 	if err := removeTree(filepath.Join(b.dir, fmt.Sprintf("data-%d", b.gen))); err != nil {
 		logf("docker: %v", err)

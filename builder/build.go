@@ -30,7 +30,6 @@ type build struct {
 	store    *snapshot.Store
 	reg      *registry.Client
 	cache    *cache.Local
-	lex      *shell.Lex
 	platform v1.Platform
 	// globalArgs are the ARGs before the first FROM, with build-arg
 	// overrides and the automatic platform args.
@@ -110,7 +109,6 @@ func newBuild(opts *Options) (*build, error) {
 	b := &build{
 		opts:     *opts,
 		df:       df,
-		lex:      shell.NewLex(df.escape),
 		usedArgs: map[string]bool{},
 		log:      &progress{w: opts.Progress},
 		warnOut:  opts.Warnings,
@@ -177,6 +175,10 @@ func (b *build) close() {
 		_ = b.store.Close()
 	}
 }
+
+// newLex returns a word expander for the Dockerfile's escape character. A
+// Lex keeps state while it works, so concurrent stages each take their own.
+func (b *build) newLex() *shell.Lex { return shell.NewLex(b.df.escape) }
 
 func (b *build) logf(format string, args ...any) {
 	b.log.printf(format, args...)
@@ -276,7 +278,7 @@ func (b *build) evalGlobalArgs() error {
 				}
 				continue
 			}
-			v, _, err := b.lex.ProcessWord(*a.Value, shell.EnvsFromSlice(envList(b.globalArgs)))
+			v, _, err := b.newLex().ProcessWord(*a.Value, shell.EnvsFromSlice(envList(b.globalArgs)))
 			if err != nil {
 				return &stepError{file: b.df.name, line: line(cmd.Location()), inst: "ARG", err: err}
 			}

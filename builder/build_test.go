@@ -221,13 +221,13 @@ RUN cat /in.txt > /copy
 	if _, ok := fs["/etc/base-file"]; ok {
 		t.Errorf("/etc/base-file survived its deletion")
 	}
-	if n := strings.Count(tb.log.String(), "CACHED"); n != 0 {
+	if n := strings.Count(tb.log.String(), "] CACHED"); n != 0 {
 		t.Errorf("first build: %d cache hits", n)
 	}
 	first := config(t, res.Image).RootFS.DiffIDs
 
 	res = tb.mustBuild(df, nil)
-	if n := strings.Count(tb.log.String(), "CACHED"); n != 3 {
+	if n := strings.Count(tb.log.String(), "] CACHED"); n != 3 {
 		t.Errorf("unchanged rebuild: %d cache hits, want 3\n%s", n, tb.log.String())
 	}
 	if got := config(t, res.Image).RootFS.DiffIDs; !reflect.DeepEqual(got, first) {
@@ -239,14 +239,14 @@ RUN cat /in.txt > /copy
 		t.Fatal(err)
 	}
 	tb.mustBuild(df, nil)
-	if n := strings.Count(tb.log.String(), "CACHED"); n != 3 {
+	if n := strings.Count(tb.log.String(), "] CACHED"); n != 3 {
 		t.Errorf("mtime-only change: %d cache hits, want 3", n)
 	}
 
 	// A content change misses from the COPY on.
 	tb.file("in.txt", "two\n")
 	res = tb.mustBuild(df, nil)
-	if n := strings.Count(tb.log.String(), "CACHED"); n != 1 {
+	if n := strings.Count(tb.log.String(), "] CACHED"); n != 1 {
 		t.Errorf("content change: %d cache hits, want 1 (the first RUN)", n)
 	}
 	if got := files(t, res.Image)["/copy"].data; got != "two\n" {
@@ -255,7 +255,7 @@ RUN cat /in.txt > /copy
 
 	// --no-cache runs everything.
 	tb.mustBuild(df, func(o *Options) { o.NoCache = true })
-	if n := strings.Count(tb.log.String(), "CACHED"); n != 0 {
+	if n := strings.Count(tb.log.String(), "] CACHED"); n != 0 {
 		t.Errorf("--no-cache: %d cache hits", n)
 	}
 }

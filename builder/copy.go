@@ -190,6 +190,6 @@ func (b *build) fromRoot(ctx context.Context, s *stage, from string) (root, key 
 }
 
 func (b *build) expandWord(w string, env []string) (string, error) {
-	out, _, err := b.lex.ProcessWord(w, envGetter(env))
+	out, _, err := b.newLex().ProcessWord(w, envGetter(env))
 	return out, err
 }

@@ -42,7 +42,7 @@ func (b *build) dispatch(ctx context.Context, s *stage, cmd instructions.Command
 		env := shell.EnvsFromSlice(s.env())
 		if ex, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
 			if err := ex.Expand(func(word string) (string, error) {
-				w, _, err := b.lex.ProcessWord(word, env)
+				w, _, err := b.newLex().ProcessWord(word, env)
 				return w, err
 			}); err != nil {
 				return wrap(err)
@@ -59,14 +59,15 @@ func (b *build) dispatch(ctx context.Context, s *stage, cmd instructions.Command
 			}
 		}
 	}
-	b.logf("[%s %d/%d] %s", s.label(), n, total, cmd)
+	s.step = fmt.Sprintf("[%s %d/%d]", s.label(), n, total)
+	b.logf("%s %s", s.step, cmd)
 	cfg := &s.cfg.Config
 	switch c := cmd.(type) {
 	case *instructions.RunCommand:
 		return wrap(b.run(ctx, s, c))
 	case *instructions.CopyCommand:
 		// Like FROM, --from sees the global args only (BuildKit).
-		from, _, err := b.lex.ProcessWord(c.From, shell.EnvsFromSlice(envList(b.globalArgs)))
+		from, _, err := b.newLex().ProcessWord(c.From, shell.EnvsFromSlice(envList(b.globalArgs)))
 		if err != nil {
 			return wrap(err)
 		}
@@ -130,7 +131,7 @@ func (b *build) dispatch(ctx context.Context, s *stage, cmd instructions.Command
 		}
 		s.history(fmt.Sprintf("HEALTHCHECK %+v", *h), true)
 	case *instructions.ExposeCommand:
-		ports, err := exposedPorts(b.lex, c.Ports, s.env())
+		ports, err := exposedPorts(b.newLex(), c.Ports, s.env())
 		if err != nil {
 			return wrap(err)
 		}
@@ -192,7 +193,7 @@ func (b *build) arg(s *stage, c *instructions.ArgCommand) error {
 		if v, ok := b.opts.BuildArgs[a.Key]; ok {
 			val = &v
 		} else if a.Value != nil {
-			v, _, err := b.lex.ProcessWord(*a.Value, env)
+			v, _, err := b.newLex().ProcessWord(*a.Value, env)
 			if err != nil {
 				return err
 			}
@@ -259,14 +260,14 @@ func exposedPorts(lex *shell.Lex, words []string, env []string) ([]string, error
 func (b *build) step(ctx context.Context, s *stage, key cache.Key, createdBy string, mutate func(rootfs string) error) error {
 	if !b.opts.NoCache && !b.noCache[s.name] && !b.noCache[fmt.Sprint(s.index)] {
 		if e, ok := b.cache.Get(key); ok && b.usable(e) {
-			b.logf("  CACHED")
+			b.logf("%s CACHED", s.step)
 			l := entryLayer(e)
 			b.record(s, key, l)
 			b.apply(s, key, createdBy, l)
 			return nil
 		}
 		if l, from, ok := b.sharedHit(key); ok {
-			b.logf("  CACHED (%s)", from)
+			b.logf("%s CACHED (%s)", s.step, from)
 			b.record(s, key, l)
 			b.apply(s, key, createdBy, l)
 			return nil

@@ -47,6 +47,8 @@ type stage struct {
 	// cmdSet records a CMD in this stage: ENTRYPOINT resets an inherited
 	// CMD only.
 	cmdSet bool
+	// step names the instruction running, "[name n/N]", for the log.
+	step string
 	// now is the build's clock (SOURCE_DATE_EPOCH when set).
 	now func() time.Time
 }
@@ -68,7 +70,7 @@ func (b *build) plan() error {
 			seen[s.name] = true
 		}
 		genv := shell.EnvsFromSlice(envList(b.globalArgs))
-		base, _, err := b.lex.ProcessWord(st.BaseName, genv)
+		base, _, err := b.newLex().ProcessWord(st.BaseName, genv)
 		if err != nil {
 			return fmt.Errorf("%s:%d: FROM: %v", b.df.name, line(st.Location), err)
 		}
@@ -83,7 +85,7 @@ func (b *build) plan() error {
 		}
 		s.platform = b.platform
 		if st.Platform != "" {
-			p, _, err := b.lex.ProcessWord(st.Platform, genv)
+			p, _, err := b.newLex().ProcessWord(st.Platform, genv)
 			if err != nil {
 				return fmt.Errorf("%s:%d: FROM --platform: %v", b.df.name, line(st.Location), err)
 			}
@@ -133,7 +135,7 @@ func (b *build) dependencies(s *stage, need map[*stage]bool) {
 		if !ok || c.From == "" {
 			continue
 		}
-		from, _, err := b.lex.ProcessWord(c.From, genv)
+		from, _, err := b.newLex().ProcessWord(c.From, genv)
 		if err != nil {
 			continue // reported when the step runs
 		}

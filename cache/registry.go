@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -35,7 +37,8 @@ func (r *Registry) String() string { return r.Ref.String() }
 
 // Load fetches the manifest and the index blob: two requests for all keys.
 func (r *Registry) Load(ctx context.Context) (*Index, error) {
-	opts := append(r.Options, remote.WithContext(ctx))
+	// Clip: never append into the caller's backing array.
+	opts := append(slices.Clip(r.Options), remote.WithContext(ctx))
 	desc, err := remote.Get(r.Ref, opts...)
 	if err != nil {
 		var terr *transport.Error
@@ -80,7 +83,7 @@ func (r *Registry) Layer(e *Entry) (v1.Layer, error) {
 // Save uploads the blobs the repository lacks (in parallel), then the index
 // and the manifest.
 func (r *Registry) Save(ctx context.Context, idx *Index, layer func(*Entry) (v1.Layer, error)) error {
-	opts := append(r.Options, remote.WithContext(ctx))
+	opts := append(slices.Clip(r.Options), remote.WithContext(ctx))
 	repo := r.Ref.Context()
 	idx.Trim()
 	blobs := distinctBlobs(idx)
@@ -88,13 +91,24 @@ func (r *Registry) Save(ctx context.Context, idx *Index, layer func(*Entry) (v1.
 	g.SetLimit(4)
 	for _, e := range blobs {
 		g.Go(func() error {
+			// Each goroutine its own slice: appending to the shared
+			// opts would write one backing array concurrently.
+			o := append(slices.Clip(opts), remote.WithContext(gctx))
+			// Entries merged from the repository's own index have
+			// their blob here already, and this build may never have
+			// had it: do not ask for it.
+			if rl, err := remote.Layer(repo.Digest(e.Digest.String()), o...); err == nil {
+				if ok, err := partial.Exists(rl); err == nil && ok {
+					return nil
+				}
+			}
 			l, err := layer(e)
 			if err != nil {
 				return err
 			}
 			// WriteLayer asks the registry first and mounts blobs that
 			// live in another repository of the same registry.
-			return remote.WriteLayer(repo, l, append(opts, remote.WithContext(gctx))...)
+			return remote.WriteLayer(repo, l, o...)
 		})
 	}
 	if err := g.Wait(); err != nil {
@@ -162,20 +176,27 @@ func decodeIndex(r interface{ Read([]byte) (int, error) }, want v1.Hash, where s
 	if want.Hex != "" && got != want {
 		return nil, fmt.Errorf("%s: cache index digest mismatch", where)
 	}
-	idx := NewIndex()
-	if err := json.Unmarshal(buf.Bytes(), idx); err != nil {
+	// Entries are decoded one by one, so that one that does not parse
+	// (a digest "md5:...") is dropped like any other malformed entry
+	// instead of costing the whole index.
+	var raw struct {
+		Version int                     `json:"version"`
+		Entries map[Key]json.RawMessage `json:"entries"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &raw); err != nil {
 		return nil, fmt.Errorf("%s: corrupt cache index: %v", where, err)
 	}
-	if idx.Version != indexVersion {
-		return nil, fmt.Errorf("%s: cache index version %d not understood", where, idx.Version)
+	if raw.Version != indexVersion {
+		return nil, fmt.Errorf("%s: cache index version %d not understood", where, raw.Version)
 	}
-	for k, e := range idx.Entries {
-		if len(k) != 64 || !e.valid() {
-			delete(idx.Entries, k)
+	idx := NewIndex()
+	for k, data := range raw.Entries {
+		var e *Entry
+		if len(k) != 64 || json.Unmarshal(data, &e) != nil || !e.valid() {
+			continue
 		}
-		if e != nil {
-			e.SnapshotID = ""
-		}
+		e.SnapshotID = ""
+		idx.Entries[k] = e
 	}
 	return idx, nil
 }

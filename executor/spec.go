@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -41,6 +42,8 @@ var defaultCapabilities = []string{
 	"CAP_KILL",
 	"CAP_AUDIT_WRITE",
 }
+
+var specconvMu sync.Mutex
 
 // Docker's default masked and read-only paths: host information the sandbox
 // has no business reading or changing even through its own /proc and /sys.
@@ -270,6 +273,11 @@ func newConfig(s sandboxSpec, cgroupName string) (*configs.Config, error) {
 		},
 	}
 
+	// specconv shares its default device list between configs and writes
+	// the host root's uid/gid into those shared entries: one conversion at
+	// a time, and each config gets its own copies.
+	specconvMu.Lock()
+	defer specconvMu.Unlock()
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName: cgroupName,
 		Spec:       spec,
@@ -282,6 +290,10 @@ func newConfig(s sandboxSpec, cgroupName string) (*configs.Config, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for i, d := range cfg.Devices {
+		dup := *d
+		cfg.Devices[i] = &dup
 	}
 	// Kill the sandbox if the thread that started it dies (rbuild killed):
 	// nothing may keep writing into a rootfs that is about to be committed.

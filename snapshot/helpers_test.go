@@ -28,6 +28,11 @@ func TestMain(m *testing.M) {
 	if reexec.Init() {
 		return
 	}
+	// Those helpers are this binary: built with -race, each would sleep
+	// a second at exit (the race runtime's atexit_sleep_ms default).
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	os.Exit(m.Run())
 }
 
@@ -46,11 +51,18 @@ func requireRoot(t *testing.T) {
 // anything left under the root before the temporary directory is removed.
 func openStore(t *testing.T, driver string, comp Compression) *Store {
 	t.Helper()
+	return openStoreOpts(t, Options{Driver: driver, Compression: comp})
+}
+
+// openStoreOpts is openStore with more options; Root is set here.
+func openStoreOpts(t *testing.T, opts Options) *Store {
+	t.Helper()
 	requireRoot(t)
 	root := t.TempDir()
-	st, err := Open(Options{Root: root, Driver: driver, Compression: comp})
+	opts.Root = root
+	st, err := Open(opts)
 	if err != nil {
-		t.Fatalf("Open(driver %q): %v", driver, err)
+		t.Fatalf("Open(driver %q): %v", opts.Driver, err)
 	}
 	t.Cleanup(func() {
 		if err := st.Close(); err != nil {
@@ -274,6 +286,11 @@ func applyOCI(t *testing.T, dir string, es []entry) {
 			if err := os.Symlink(h.Linkname, p); err != nil {
 				t.Fatal(err)
 			}
+		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+			mode := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[h.Typeflag]
+			if err := unix.Mknod(p, mode|0o600, int(unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor)))); err != nil {
+				t.Fatal(err)
+			}
 		case tar.TypeLink:
 			target := filepath.Join(dir, strings.TrimPrefix(h.Linkname, "./"))
 			if err := os.Link(target, p); err != nil {
@@ -329,6 +346,9 @@ func tree(t *testing.T, root string) map[string]string {
 		rel, _ := filepath.Rel(root, p)
 		st := fi.Sys().(*syscall.Stat_t)
 		desc := fmt.Sprintf("%s %04o %d:%d", fi.Mode().Type(), st.Mode&0o7777, st.Uid, st.Gid)
+		if fi.Mode()&os.ModeDevice != 0 {
+			desc += fmt.Sprintf(" dev=%d,%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		}
 		switch {
 		case fi.Mode().IsRegular():
 			data, err := os.ReadFile(p)

@@ -33,20 +33,52 @@ var drivers = []string{"overlay", "vfs"}
 func forDrivers(t *testing.T, f func(t *testing.T, driver string)) {
 	for _, d := range drivers {
 		t.Run(d, func(t *testing.T) {
-			if d == "overlay" && !overlaySupported() {
-				t.Skip("the kernel has no overlay filesystem")
+			t.Parallel()
+			requireRoot(t)
+			if ok, why := overlayUsable(t); d == "overlay" && !ok {
+				t.Skip(why)
 			}
 			f(t, d)
 		})
 	}
 }
 
-func overlaySupported() bool {
-	data, err := os.ReadFile("/proc/filesystems")
-	return err == nil && bytes.Contains(data, []byte("\toverlay\n"))
+// overlayUsable reports whether the overlay driver works here: the
+// kernel has it and the temporary directory's file system can back it
+// (not, for one, an overlay root in a CI container). Tested once.
+func overlayUsable(t *testing.T) (bool, string) {
+	overlayOnce.Do(func() {
+		data, err := os.ReadFile("/proc/filesystems")
+		if err != nil || !bytes.Contains(data, []byte("\toverlay\n")) {
+			overlayReason = "the kernel has no overlay file system"
+			return
+		}
+		root, err := os.MkdirTemp("", "overlay-probe-")
+		if err != nil {
+			overlayReason = err.Error()
+			return
+		}
+		defer os.RemoveAll(root)
+		st, err := Open(Options{Root: root, Driver: "overlay"})
+		if err != nil {
+			overlayReason = "overlay cannot be used here: " + err.Error()
+			return
+		}
+		_ = st.Close()
+		unmountUnder(t, root)
+		overlayOK = true
+	})
+	return overlayOK, overlayReason
 }
 
+var (
+	overlayOnce   sync.Once
+	overlayOK     bool
+	overlayReason string
+)
+
 func TestOpen(t *testing.T) {
+	t.Parallel()
 	requireRoot(t)
 	t.Run("no root directory", func(t *testing.T) {
 		if _, err := Open(Options{}); err == nil {
@@ -54,12 +86,14 @@ func TestOpen(t *testing.T) {
 		}
 	})
 	t.Run("default driver", func(t *testing.T) {
-		if !overlaySupported() {
-			t.Skip("no overlay filesystem")
-		}
 		st := openStore(t, "", Compression{})
-		if st.Driver() != "overlay" {
-			t.Errorf("driver %q, want overlay as root with overlay available", st.Driver())
+		want := "overlay"
+		if ok, why := overlayUsable(t); !ok {
+			t.Logf("%s: expecting the vfs fallback", why)
+			want = "vfs"
+		}
+		if st.Driver() != want {
+			t.Errorf("driver %q, want %s", st.Driver(), want)
 		}
 	})
 	t.Run("forced vfs", func(t *testing.T) {
@@ -92,6 +126,7 @@ func TestOpen(t *testing.T) {
 // TestReopen: layers and blobs survive closing and reopening the store,
 // which is what the local step cache relies on.
 func TestReopen(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		root := t.TempDir()
 		st, err := Open(Options{Root: root, Driver: driver})
@@ -127,6 +162,7 @@ func TestReopen(t *testing.T) {
 }
 
 func TestCommitScratch(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		s, err := st.Prepare("")
@@ -146,6 +182,14 @@ func TestCommitScratch(t *testing.T) {
 		must(t, os.Chown(filepath.Join(s.Path, "home/user"), 1000, 1001))
 		must(t, os.Chown(filepath.Join(s.Path, "home/user/notes"), 1000, 1001))
 		must(t, os.Symlink("../etc/hostname", filepath.Join(s.Path, "bin/hn")))
+		// Names and owners plain ustar cannot hold, and special files.
+		long := strings.Repeat("node_modules/pkg/", 8) + "index.js"
+		writeFile(t, filepath.Join(s.Path, long), "module.exports = 1", 0o644)
+		writeFile(t, filepath.Join(s.Path, "café/naïve €.txt"), "utf-8", 0o644)
+		writeFile(t, filepath.Join(s.Path, "bigid"), "owned", 0o644)
+		must(t, os.Chown(filepath.Join(s.Path, "bigid"), 3000000, 3000001))
+		must(t, unix.Mknod(filepath.Join(s.Path, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+		must(t, unix.Mkfifo(filepath.Join(s.Path, "fifo"), 0o600))
 		// Sub-second times must be cut to the second.
 		must(t, os.Chtimes(filepath.Join(s.Path, "etc/hostname"), fixed, fixed.Add(123456789*time.Nanosecond)))
 
@@ -157,11 +201,11 @@ func TestCommitScratch(t *testing.T) {
 			t.Errorf("layer %+v: want the snapshot's ID, not empty, gzip OCI media type", l)
 		}
 		es := layerEntries(t, st, l)
-		want := []string{"bin/", "bin/hn", "bin/suid", "bin/tool", "etc/", "etc/hostname",
-			"home/", "home/user/", "home/user/notes", "private/"}
+		want := []string{"bigid", "bin/", "bin/hn", "bin/suid", "bin/tool", "café/", "café/naïve €.txt",
+			"etc/", "etc/hostname", "fifo", "home/", "home/user/", "home/user/notes", "null", "private/"}
 		var got []string
 		for _, n := range names(es) {
-			if n != "/" { // a "./" root entry is allowed
+			if n != "/" && !strings.HasPrefix(n, "node_modules") { // a "./" root entry is allowed
 				got = append(got, n)
 			}
 		}
@@ -180,9 +224,14 @@ func TestCommitScratch(t *testing.T) {
 			if h.ModTime.Nanosecond() != 0 {
 				t.Errorf("%s: mtime %v has sub-seconds", h.Name, h.ModTime)
 			}
+			// PAX only for xattrs and for what ustar cannot hold.
 			for k := range h.PAXRecords {
-				if !strings.HasPrefix(k, "SCHILY.xattr.") {
-					t.Errorf("%s: PAX record %s kept", h.Name, k)
+				switch k {
+				case "path", "linkpath", "uid", "gid", "size":
+				default:
+					if !strings.HasPrefix(k, "SCHILY.xattr.") {
+						t.Errorf("%s: PAX record %s kept", h.Name, k)
+					}
 				}
 			}
 		}
@@ -200,6 +249,21 @@ func TestCommitScratch(t *testing.T) {
 		}
 		if e := mustFind(t, es, "home/user/notes"); e.hdr.Uid != 1000 || e.hdr.Gid != 1001 {
 			t.Errorf("home/user/notes owned by %d:%d, want 1000:1001", e.hdr.Uid, e.hdr.Gid)
+		}
+		if e := mustFind(t, es, long); string(e.data) != "module.exports = 1" {
+			t.Errorf("%s: %q", long, e.data)
+		}
+		if e := mustFind(t, es, "café/naïve €.txt"); string(e.data) != "utf-8" {
+			t.Errorf("utf-8 name: %q", e.data)
+		}
+		if e := mustFind(t, es, "bigid"); e.hdr.Uid != 3000000 || e.hdr.Gid != 3000001 {
+			t.Errorf("bigid owned by %d:%d, want 3000000:3000001", e.hdr.Uid, e.hdr.Gid)
+		}
+		if e := mustFind(t, es, "null"); e.hdr.Typeflag != tar.TypeChar || e.hdr.Devmajor != 1 || e.hdr.Devminor != 3 {
+			t.Errorf("null: type %c %d,%d, want a char device 1,3", e.hdr.Typeflag, e.hdr.Devmajor, e.hdr.Devminor)
+		}
+		if e := mustFind(t, es, "fifo"); e.hdr.Typeflag != tar.TypeFifo || e.hdr.Mode&0o7777 != 0o600 {
+			t.Errorf("fifo: type %c mode %o", e.hdr.Typeflag, e.hdr.Mode)
 		}
 		if e := mustFind(t, es, "bin/hn"); e.hdr.Typeflag != tar.TypeSymlink || e.hdr.Linkname != "../etc/hostname" {
 			t.Errorf("bin/hn: type %c -> %q", e.hdr.Typeflag, e.hdr.Linkname)
@@ -223,6 +287,7 @@ func TestCommitScratch(t *testing.T) {
 // directory by a file and back, and recreate a directory, and checks each
 // blob for OCI whiteouts and, applied in order, against the mounted layer.
 func TestLayerChain(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		ctx := context.Background()
@@ -365,6 +430,7 @@ func blobFiles(t *testing.T, st *Store) []string {
 }
 
 func TestEmptyCommit(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		ctx := context.Background()
@@ -426,6 +492,7 @@ func rawDiff(t *testing.T, st *Store, from, to string) []string {
 // directory, identical to the parent's, must not reach the layer, while a
 // directory whose metadata changed, or that holds a change, must.
 func TestPruneUnchangedDirectories(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		ctx := context.Background()
@@ -509,6 +576,7 @@ func TestPruneUnchangedDirectories(t *testing.T) {
 }
 
 func TestHardlinks(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		ctx := context.Background()
@@ -589,6 +657,7 @@ func capability(bit uint) []byte {
 }
 
 func TestCapabilityXattr(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		s, err := st.Prepare("")
@@ -681,6 +750,7 @@ func zstdBytes(t *testing.T, b []byte) []byte {
 func layerID(s string) string { return fmt.Sprintf("%064x", sha256.Sum256([]byte(s))) }
 
 func TestPutLayer(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		base := makeTar(t,
@@ -690,15 +760,19 @@ func TestPutLayer(t *testing.T) {
 			entry{hdr: &tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/link", Linkname: "os-release"}},
 		)
 		id1, id2, id3 := layerID("base"), layerID("top"), layerID("zstd")
-		if _, err := st.PutLayer(id1, "", bytes.NewReader(gzipBytes(t, base))); err != nil {
-			t.Fatalf("PutLayer of a gzip blob: %v", err)
+		if stored, err := st.PutLayer(id1, "", bytes.NewReader(gzipBytes(t, base))); err != nil || !stored {
+			t.Fatalf("PutLayer of a gzip blob: stored %v, %v", stored, err)
 		}
 		if !st.Exists(id1) {
 			t.Fatal("layer missing after PutLayer")
 		}
 		// Stored once: a second put is a no-op, even with other content.
-		if _, err := st.PutLayer(id1, "", bytes.NewReader([]byte("not a tar"))); err != nil {
-			t.Errorf("second PutLayer of the same id: %v", err)
+		again := strings.NewReader("not a tar")
+		if stored, err := st.PutLayer(id1, "", again); err != nil || stored {
+			t.Errorf("second PutLayer of the same id: stored %v, %v; want false, nil", stored, err)
+		}
+		if again.Len() != len("not a tar") {
+			t.Error("second PutLayer of the same id read the blob")
 		}
 		top := makeTar(t,
 			dirEntry("etc/"),
@@ -760,23 +834,32 @@ func TestPutLayer(t *testing.T) {
 // TestPutLayerConcurrent: builds running stages in parallel put the same
 // base layer at once; all succeed and the layer is stored once.
 func TestPutLayerConcurrent(t *testing.T) {
+	t.Parallel()
 	st := openStore(t, "vfs", Compression{})
 	blob := gzipBytes(t, makeTar(t, fileEntry("f", "same")))
 	id := layerID("concurrent")
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
+	stored := make([]bool, 8)
 	for i := range errs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = st.PutLayer(id, "", bytes.NewReader(blob))
+			stored[i], errs[i] = st.PutLayer(id, "", bytes.NewReader(blob))
 		}()
 	}
 	wg.Wait()
+	n := 0
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("PutLayer #%d: %v", i, err)
 		}
+		if stored[i] {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d of the concurrent PutLayer calls stored the layer, want exactly 1", n)
 	}
 	if !st.Exists(id) {
 		t.Error("layer missing")
@@ -784,6 +867,7 @@ func TestPutLayerConcurrent(t *testing.T) {
 }
 
 func TestMount(t *testing.T) {
+	t.Parallel()
 	st := openStore(t, "", Compression{})
 	t.Run("scratch", func(t *testing.T) {
 		p, release, err := st.Mount("")
@@ -844,6 +928,7 @@ func isMountPoint(t *testing.T, p string) bool {
 }
 
 func TestRemove(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		s, err := st.Prepare("")
@@ -877,6 +962,7 @@ func TestRemove(t *testing.T) {
 }
 
 func TestZstdLayer(t *testing.T) {
+	t.Parallel()
 	for _, c := range []Compression{{Algorithm: "zstd"}, {Algorithm: "zstd", Level: 19}} {
 		t.Run(fmt.Sprint(c.Level), func(t *testing.T) {
 			st := openStore(t, "", c)
@@ -928,6 +1014,7 @@ func TestZstdLayer(t *testing.T) {
 // TestReproducible: the same files with the same times give the same
 // layer, byte for byte, whatever snapshot they were written in.
 func TestReproducible(t *testing.T) {
+	t.Parallel()
 	forDrivers(t, func(t *testing.T, driver string) {
 		st := openStore(t, driver, Compression{})
 		var layers []*Layer
@@ -956,6 +1043,7 @@ func TestReproducible(t *testing.T) {
 }
 
 func TestCommitCanceled(t *testing.T) {
+	t.Parallel()
 	st := openStore(t, "", Compression{})
 	s, err := st.Prepare("")
 	must(t, err)
@@ -969,4 +1057,91 @@ func TestCommitCanceled(t *testing.T) {
 		t.Errorf("canceled commit left blob files: %v", files)
 	}
 	must(t, st.Remove(s))
+}
+
+// TestEpoch: with SOURCE_DATE_EPOCH, new entries get the epoch as mtime
+// while older files keep theirs, on both drivers.
+func TestEpoch(t *testing.T) {
+	t.Parallel()
+	forDrivers(t, func(t *testing.T, driver string) {
+		epoch := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+		st := openStoreOpts(t, Options{Driver: driver, Epoch: &epoch})
+		s1, err := st.Prepare("")
+		must(t, err)
+		writeFile(t, filepath.Join(s1.Path, "dir/keep"), "k", 0o644)
+		l1, err := st.Commit(context.Background(), s1)
+		must(t, err)
+		for _, e := range layerEntries(t, st, l1) {
+			if !e.hdr.ModTime.Equal(epoch) {
+				t.Errorf("%s: mtime %v, want the epoch", e.name(), e.hdr.ModTime)
+			}
+		}
+
+		s2, err := st.Prepare(l1.ID)
+		must(t, err)
+		old := time.Date(2010, 6, 1, 0, 0, 0, 0, time.UTC)
+		writeFile(t, filepath.Join(s2.Path, "old"), "o", 0o644)
+		must(t, os.Chtimes(filepath.Join(s2.Path, "old"), old, old))
+		writeFile(t, filepath.Join(s2.Path, "new"), "n", 0o644)
+		// Touched and undone: still pruned with an epoch.
+		writeFile(t, filepath.Join(s2.Path, "dir/tmp"), "", 0o644)
+		must(t, os.Remove(filepath.Join(s2.Path, "dir/tmp")))
+		p, release, err := st.Mount(l1.ID)
+		must(t, err)
+		fi, err := os.Stat(filepath.Join(p, "dir"))
+		release()
+		must(t, err)
+		must(t, os.Chtimes(filepath.Join(s2.Path, "dir"), fi.ModTime(), fi.ModTime()))
+		l2, err := st.Commit(context.Background(), s2)
+		must(t, err)
+		es := layerEntries(t, st, l2)
+		if got := names(es); !slices.Equal(got, []string{"new", "old"}) {
+			t.Errorf("entries %v, want [new old]", got)
+		}
+		if e := mustFind(t, es, "old"); !e.hdr.ModTime.Equal(old) {
+			t.Errorf("old: mtime %v, want %v", e.hdr.ModTime, old)
+		}
+		if e := mustFind(t, es, "new"); !e.hdr.ModTime.Equal(epoch) {
+			t.Errorf("new: mtime %v, want the epoch", e.hdr.ModTime)
+		}
+	})
+}
+
+// emptyTarDiffID is the diffID of a tar with no entries (1024 zero bytes),
+// the layer Docker keeps for a step that changed nothing.
+const emptyTarDiffID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+func TestEmptyLayer(t *testing.T) {
+	t.Parallel()
+	for _, c := range []Compression{{}, {Algorithm: "zstd"}} {
+		t.Run(c.Algorithm, func(t *testing.T) {
+			st := openStore(t, "vfs", c)
+			s, err := st.Prepare("")
+			must(t, err)
+			l, err := st.Commit(context.Background(), s)
+			must(t, err)
+			if !l.Empty {
+				t.Fatal("no change should commit as Empty")
+			}
+			el, err := st.EmptyLayer(l.ID)
+			if err != nil {
+				t.Fatalf("EmptyLayer: %v", err)
+			}
+			if el.ID != l.ID || el.Empty {
+				t.Errorf("empty layer %+v: want the snapshot ID and a blob", el)
+			}
+			if el.DiffID.String() != emptyTarDiffID {
+				t.Errorf("diffID %s, want %s", el.DiffID, emptyTarDiffID)
+			}
+			if es := layerEntries(t, st, el); len(es) != 0 { // checks digest, size, media type
+				t.Errorf("entries %v", names(es))
+			}
+			// Deterministic: the same blob every time.
+			el2, err := st.EmptyLayer(l.ID)
+			must(t, err)
+			if el2.Digest != el.Digest {
+				t.Errorf("two empty layers, two digests: %s %s", el.Digest, el2.Digest)
+			}
+		})
+	}
 }

@@ -40,16 +40,19 @@ func normalize(ctx context.Context, r io.Reader, w io.Writer, lower func(name st
 			return n, fmt.Errorf("reading diff: %w", err)
 		}
 		out := cleanHeader(hdr)
-		if epoch != nil && out.ModTime.After(*epoch) {
-			out.ModTime = *epoch
-		}
 		name := strings.TrimSuffix(strings.TrimPrefix(out.Name, "./"), "/")
 		// Pending directories that do not contain this entry will never
 		// get a child: drop them.
 		for len(pending) > 0 && !isUnder(name, pendingName(pending[len(pending)-1])) {
 			pending = pending[:len(pending)-1]
 		}
-		if out.Typeflag == tar.TypeDir && sameAsLower(out, name, lower) {
+		// Compare with the parent before clamping: the parent on disk
+		// has its real times.
+		same := out.Typeflag == tar.TypeDir && sameAsLower(out, name, lower)
+		if epoch != nil && out.ModTime.After(*epoch) {
+			out.ModTime = *epoch
+		}
+		if same {
 			pending = append(pending, out)
 			continue
 		}

@@ -266,3 +266,36 @@ func TestNormalizeErrors(t *testing.T) {
 		t.Errorf("empty tar: %d entries, %v", n, err)
 	}
 }
+
+// TestNormalizeEpoch: with SOURCE_DATE_EPOCH, entries newer than the epoch
+// get it, older ones keep their time, and clamping does not stop an
+// unchanged directory from being pruned.
+func TestNormalizeEpoch(t *testing.T) {
+	epoch := fixed.Add(-24 * time.Hour)
+	// The parent's directory d is newer than the epoch, as on disk.
+	lower := lowerTree(t, []string{"d", "e"}, nil)
+	old := fixed.Add(-48 * time.Hour)
+	in := makeTar(t,
+		dirHdr("d/"), // copied up, unchanged: pruned
+		dirHdr("e/"), // unchanged but holds a change: kept, clamped
+		entry{hdr: &tar.Header{Typeflag: tar.TypeReg, Name: "e/new", Mode: 0o644, ModTime: fixed}, data: []byte("n")},
+		entry{hdr: &tar.Header{Typeflag: tar.TypeReg, Name: "old", Mode: 0o644, ModTime: old}, data: []byte("o")},
+		entry{hdr: &tar.Header{Typeflag: tar.TypeSymlink, Name: "link", Linkname: "old", ModTime: fixed}},
+	)
+	var out bytes.Buffer
+	n, err := normalize(context.Background(), bytes.NewReader(in), &out, lowerDir(lower), &epoch)
+	must(t, err)
+	es := readTar(t, &out)
+	if got := names(es); !slices.Equal(got, []string{"e/", "e/new", "old", "link"}) || n != 4 {
+		t.Fatalf("entries %v (%d), want [e/ e/new old link]", got, n)
+	}
+	for _, e := range es {
+		want := epoch
+		if e.name() == "old" {
+			want = old
+		}
+		if !e.hdr.ModTime.Equal(want) {
+			t.Errorf("%s: mtime %v, want %v", e.name(), e.hdr.ModTime, want)
+		}
+	}
+}

@@ -160,6 +160,9 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	if opts.Root, err = stateDir(f.root); err != nil {
 		return err
 	}
+	if err := prepareRuntimeDir(opts.Root); err != nil {
+		return err
+	}
 	reg := registry.New(registry.Options{Insecure: f.insecureRegistries})
 	if opts.Outputs, err = outputs(f, reg, opts.Root); err != nil {
 		return err
@@ -234,7 +237,7 @@ func stateDir(flag string) (string, error) {
 		return "", err
 	}
 	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return "", fmt.Errorf("state directory: %w", err)
+		return "", fmt.Errorf("state directory: %w (set --root or RBUILD_ROOT to a writable directory, e.g. an emptyDir volume)", err)
 	}
 	return abs, nil
 }

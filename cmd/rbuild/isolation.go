@@ -5,10 +5,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 
 	"github.com/moby/sys/capability"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.podman.io/storage/pkg/reexec"
 	"go.podman.io/storage/pkg/unshare"
 	"golang.org/x/sys/unix"
@@ -29,12 +34,14 @@ const probeUserns = "rbuild-probe-userns"
 
 func init() {
 	reexec.Register(probeUserns, func() {
-		// In a new user and mount namespace: can we mount?
-		dir, err := os.MkdirTemp("", "rbuild-probe-")
-		if err != nil {
-			os.Exit(2)
+		// In a new user and mount namespace: can we mount? The mount
+		// point is an existing directory, since the root file system may
+		// be read-only (a pod with readOnlyRootFilesystem); the mount is
+		// private to this namespace, which ends with this process.
+		dir := os.TempDir()
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			dir = "/"
 		}
-		defer os.Remove(dir)
 		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, ""); err != nil {
 			fmt.Fprintln(os.Stderr, "mount:", err)
 			os.Exit(1)
@@ -114,10 +121,61 @@ func chooseIsolation(flag string, log io.Writer) (string, error) {
 		return "", fmt.Errorf("cannot isolate RUN steps as uid %d: creating a user namespace failed (%v). Allow user namespaces: in Kubernetes set hostUsers: false, or a seccomp profile that permits unshare and mount (e.g. seccompProfile: {type: Unconfined}) with AppArmor unconfined; on a host, sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0. Or run rbuild as root (chroot isolation)", os.Geteuid(), probe)
 	}
 	prepareUserLookup()
-	// Does not return in this process: the child in the new namespace runs
+	// Neither returns in this process: the child in the new namespace runs
 	// the build and this process exits with its status.
+	if !haveIDMapTools() {
+		reexecSingleUID()
+	}
 	unshare.MaybeReexecUsingUserNamespace(false)
 	return "userns", reportUserns(log)
+}
+
+// haveIDMapTools reports whether newuidmap and newgidmap are on PATH.
+// storage's re-exec needs both for an unprivileged user even when it ends up
+// mapping the user's own ids only: without them it fails with "finding
+// newgidmap". Container images (rbuild's own, FROM scratch) have neither.
+func haveIDMapTools() bool {
+	for _, tool := range []string{"newuidmap", "newgidmap"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// reexecSingleUID is storage's MaybeReexecUsingUserNamespace for a process
+// without newuidmap: it re-executes rbuild in a new user and mount
+// namespace where its own uid and gid are 0, written straight to the
+// child's uid_map and gid_map (which an unprivileged process may do for its
+// own ids, with setgroups denied). It exits with the child's status.
+func reexecSingleUID() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	// A name no reexec handler knows, so that the child runs main() again;
+	// UsernsEnvName tells it that it is the child (see chooseIsolation).
+	cmd := unshare.Command(append([]string{os.Args[0] + "-in-a-user-namespace"}, os.Args[1:]...)...)
+	if err := os.Setenv(unshare.UsernsEnvName, "1"); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.UnshareFlags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS
+	cmd.UidMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: uint32(os.Geteuid()), Size: 1}}
+	cmd.GidMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: uint32(os.Getegid()), Size: 1}}
+	cmd.GidMappingsEnableSetgroups = false
+	cmd.Cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Pass SIGHUP, SIGINT and SIGTERM on to the child, which does the work.
+	signals := make(chan os.Signal, 16)
+	signal.Notify(signals, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	cmd.Hook = func(int) error {
+		go func() {
+			for s := range signals {
+				_ = cmd.Cmd.Process.Signal(s)
+			}
+		}()
+		return nil
+	}
+	unshare.ExecRunnable(cmd, func() { signal.Stop(signals) })
 }
 
 func probeErr(err error) error {
@@ -155,4 +213,22 @@ func reportUserns(log io.Writer) error {
 	}
 	fmt.Fprintf(log, "isolation: rootless user namespace with %d uids\n", n)
 	return nil
+}
+
+// prepareRuntimeDir gives a rootless rbuild a runtime directory inside its
+// state directory when XDG_RUNTIME_DIR is unset. storage looks for one
+// whenever it opens a store, even with an explicit run root, and without
+// XDG_RUNTIME_DIR it wants /run/user/UID or $TMPDIR/storage-run-UID: in a
+// pod with a read-only root file system it can make neither ("path
+// /tmp/storage-run-1000 exists and it is not writeable only by the current
+// user"), and the state directory is the one place that must be writable.
+func prepareRuntimeDir(root string) error {
+	if !unshare.IsRootless() || os.Getenv("XDG_RUNTIME_DIR") != "" {
+		return nil
+	}
+	dir := filepath.Join(root, "xdg-run")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("runtime directory: %w", err)
+	}
+	return os.Setenv("XDG_RUNTIME_DIR", dir)
 }

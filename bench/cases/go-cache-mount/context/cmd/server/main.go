@@ -13,6 +13,7 @@ import (
 func main() {
 	addr := flag.String("addr", ":8080", "listen address")
 	flag.Parse()
+	log.Printf("store format %s", store.Version)
 	s := store.New()
 	s.Put(store.Item{ID: "1", Name: "apple"})
 	log.Fatal(http.ListenAndServe(*addr, web.Handler(s)))
