@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -74,23 +73,7 @@ func (d *Dir) Save(ctx context.Context, idx *Index, layer func(*Entry) (v1.Layer
 			return err
 		}
 	}
-	data, err := json.Marshal(idx)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(d.Path, ".index-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(d.Path, "index.json"))
+	return writeJSON(filepath.Join(d.Path, "index.json"), idx)
 }
 
 func (d *Dir) copyBlob(l v1.Layer, want v1.Hash) error {

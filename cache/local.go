@@ -67,11 +67,17 @@ func (l *Local) Put(k Key, e *Entry) error {
 	if e == nil {
 		return errors.New("cache: nil entry")
 	}
-	data, err := json.Marshal(e)
+	return writeJSON(l.path(k), e)
+}
+
+// writeJSON writes v as JSON to path atomically: readers see the old file
+// or the new one, never a part.
+func writeJSON(path string, v any) error {
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(l.dir, ".entry-")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
 	if err != nil {
 		return err
 	}
@@ -83,5 +89,5 @@ func (l *Local) Put(k Key, e *Entry) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), l.path(k))
+	return os.Rename(tmp.Name(), path)
 }
