@@ -53,8 +53,8 @@ const (
 	ciIDRange    = 65536
 )
 
-// containerUser is the non-root user of the container images (rbuild's own
-// image has the same one).
+// The non-root user of the containers' root file systems; rbuild's own
+// image has the same one.
 const (
 	containerUID  = 1000
 	containerHome = "/home/rbuild"

@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 // requireRoot skips store tests when not root: go.podman.io/storage needs
 // either root or a user namespace (rbuild re-execs into one, which a test
 // binary cannot do cheaply). CI runs these tests as root.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the layer store needs root (or a user namespace); run the tests as root")
@@ -49,13 +49,13 @@ func requireRoot(t *testing.T) {
 // openStore opens a store under a fresh temporary root with the given
 // driver ("" = default choice). Cleanup closes the store and unmounts
 // anything left under the root before the temporary directory is removed.
-func openStore(t *testing.T, driver string, comp Compression) *Store {
+func openStore(t testing.TB, driver string, comp Compression) *Store {
 	t.Helper()
 	return openStoreOpts(t, Options{Driver: driver, Compression: comp})
 }
 
 // openStoreOpts is openStore with more options; Root is set here.
-func openStoreOpts(t *testing.T, opts Options) *Store {
+func openStoreOpts(t testing.TB, opts Options) *Store {
 	t.Helper()
 	requireRoot(t)
 	root := t.TempDir()
@@ -75,7 +75,7 @@ func openStoreOpts(t *testing.T, opts Options) *Store {
 
 // unmountUnder detaches every mount below dir, deepest first, so that the
 // temporary directory can be removed even when a test failed half-way.
-func unmountUnder(t *testing.T, dir string) {
+func unmountUnder(t testing.TB, dir string) {
 	t.Helper()
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {

@@ -186,31 +186,14 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 	if _, err := s.store.Unmount(snap.ID, true); err != nil {
 		return nil, fmt.Errorf("unmounting snapshot: %w", err)
 	}
-	lower := func(string) (os.FileInfo, bool) { return nil, false }
-	if snap.Parent != "" {
-		root, release, err := s.Mount(snap.Parent)
-		if err != nil {
-			return nil, err
-		}
-		defer release()
-		lower = func(name string) (os.FileInfo, bool) {
-			fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(name)))
-			return fi, err == nil
-		}
-	}
-	rc, err := s.store.Diff(snap.Parent, snap.ID, &storage.DiffOptions{Compression: ptr(archive.Uncompressed)})
-	if err != nil {
-		return nil, fmt.Errorf("reading snapshot diff: %w", err)
-	}
-	defer rc.Close()
 	w, err := s.Blobs.NewLayerWriter(s.compression)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := normalize(ctx, rc, w, lower, s.epoch)
+	entries, err := s.export(ctx, snap, w)
 	if err != nil {
 		w.Abort()
-		return nil, fmt.Errorf("exporting layer: %w", err)
+		return nil, err
 	}
 	if entries == 0 {
 		w.Abort()
@@ -222,6 +205,33 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 	}
 	info.ID = snap.ID
 	return info, nil
+}
+
+// export writes the snapshot's diff against its parent to w as a
+// normalized, uncompressed layer tar and returns the number of entries.
+func (s *Store) export(ctx context.Context, snap *Snapshot, w io.Writer) (int, error) {
+	lower := func(string) (os.FileInfo, bool) { return nil, false }
+	if snap.Parent != "" {
+		root, release, err := s.Mount(snap.Parent)
+		if err != nil {
+			return 0, err
+		}
+		defer release()
+		lower = func(name string) (os.FileInfo, bool) {
+			fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(name)))
+			return fi, err == nil
+		}
+	}
+	rc, err := s.store.Diff(snap.Parent, snap.ID, &storage.DiffOptions{Compression: ptr(archive.Uncompressed)})
+	if err != nil {
+		return 0, fmt.Errorf("reading snapshot diff: %w", err)
+	}
+	defer rc.Close()
+	entries, err := normalize(ctx, rc, w, lower, s.epoch)
+	if err != nil {
+		return entries, fmt.Errorf("exporting layer: %w", err)
+	}
+	return entries, nil
 }
 
 // EmptyLayer writes the blob of a layer with no entries for snapshot id:

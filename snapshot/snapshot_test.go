@@ -46,7 +46,7 @@ func forDrivers(t *testing.T, f func(t *testing.T, driver string)) {
 // overlayUsable reports whether the overlay driver works here: the
 // kernel has it and the temporary directory's file system can back it
 // (not, for one, an overlay root in a CI container). Tested once.
-func overlayUsable(t *testing.T) (bool, string) {
+func overlayUsable(t testing.TB) (bool, string) {
 	overlayOnce.Do(func() {
 		data, err := os.ReadFile("/proc/filesystems")
 		if err != nil || !bytes.Contains(data, []byte("\toverlay\n")) {
