@@ -30,6 +30,12 @@ type testRegistry struct {
 // startRegistry starts docker-registry in dir on a free loopback port and
 // waits until /v2/ answers.
 func startRegistry(dir string) (*testRegistry, error) {
+	return startRegistryWith(dir, "")
+}
+
+// startRegistryWith starts a registry that, when htpasswd names a file,
+// requires basic authentication with its (bcrypt) credentials.
+func startRegistryWith(dir, htpasswd string) (*testRegistry, error) {
 	if _, err := os.Stat(registryBinary); err != nil {
 		return nil, fmt.Errorf("%s missing (install docker-registry, see scripts/test-deps.sh): %w", registryBinary, err)
 	}
@@ -37,7 +43,7 @@ func startRegistry(dir string) (*testRegistry, error) {
 	// The port is chosen by binding :0 and closing; another process could
 	// take it in between, so try a few times.
 	for attempt := 0; attempt < 5; attempt++ {
-		r, err := tryStartRegistry(dir, attempt)
+		r, err := tryStartRegistry(dir, attempt, htpasswd)
 		if err == nil {
 			return r, nil
 		}
@@ -46,7 +52,7 @@ func startRegistry(dir string) (*testRegistry, error) {
 	return nil, lastErr
 }
 
-func tryStartRegistry(dir string, attempt int) (*testRegistry, error) {
+func tryStartRegistry(dir string, attempt int, htpasswd string) (*testRegistry, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -77,6 +83,9 @@ http:
   headers:
     X-Content-Type-Options: [nosniff]
 `, storage, addr)
+	if htpasswd != "" {
+		config += fmt.Sprintf("auth:\n  htpasswd:\n    realm: rbuild-test\n    path: %s\n", htpasswd)
+	}
 	cfgPath := filepath.Join(dir, fmt.Sprintf("config-%d.yml", attempt))
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return nil, err
@@ -120,7 +129,7 @@ func (r *testRegistry) waitReady(ctx context.Context) error {
 		resp, err := client.Get("http://" + r.Addr + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
 				return nil
 			}
 			err = fmt.Errorf("GET /v2/: %s", resp.Status)
