@@ -23,6 +23,9 @@
 //	BENCH_OUT=DIR        where benchmarks.md/json go (default docs)
 //	BENCH_KEEP=1         keep the work directory (logs of every build)
 //	BENCH_CACHE=DIR      cache for slow inputs (default /var/cache/rbuild-bench)
+//
+// `go run ./bench -render docs/benchmarks.json` rewrites the generated part
+// of docs/benchmarks.md from the raw results without building anything.
 package main
 
 import (
@@ -56,6 +59,7 @@ var allBuilders = []string{"rbuild", "docker", "buildah", "kaniko"}
 func main() {
 	rbuildBin := flag.String("rbuild", "bin/rbuild", "the rbuild binary to measure")
 	casesDir := flag.String("cases", "bench/cases", "the case directory")
+	render := flag.String("render", "", "only rewrite benchmarks.md (in BENCH_OUT) from this benchmarks.json")
 	flag.Parse()
 
 	cfg := config{
@@ -87,6 +91,12 @@ func main() {
 				fatalf("BENCH_BUILDERS: unknown builder %q (want %s)", b, strings.Join(allBuilders, ", "))
 			}
 		}
+	}
+	if *render != "" {
+		if err := rerender(cfg, *render); err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	abs, err := filepath.Abs(*rbuildBin)
 	if err != nil {

@@ -201,6 +201,27 @@ func writeResults(cfg config, res *results) error {
 	if err := os.WriteFile(jsonPath, append(js, '\n'), 0o644); err != nil {
 		return err
 	}
+	logf("wrote %s", jsonPath)
+	return writeMarkdown(cfg, res)
+}
+
+// rerender rewrites benchmarks.md from a results file.
+func rerender(cfg config, jsonPath string) error {
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("%s: %w", jsonPath, err)
+	}
+	res.Summary = summarize(&res)
+	return writeMarkdown(cfg, &res)
+}
+
+// writeMarkdown replaces the generated part of benchmarks.md, keeping what
+// is written around it.
+func writeMarkdown(cfg config, res *results) error {
 	mdPath := filepath.Join(cfg.Out, "benchmarks.md")
 	gen := markdown(res)
 	old, err := os.ReadFile(mdPath)
@@ -216,7 +237,7 @@ func writeResults(cfg config, res *results) error {
 	if err := os.WriteFile(mdPath, []byte(doc), 0o644); err != nil {
 		return err
 	}
-	logf("wrote %s and %s", mdPath, jsonPath)
+	logf("wrote %s", mdPath)
 	return nil
 }
 

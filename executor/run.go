@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -168,20 +169,6 @@ func Run(ctx context.Context, spec RunSpec) (retErr error) {
 		}
 	}()
 
-	id := "rbuild-" + randomID()
-	cfg, err := newConfig(sandboxSpec{
-		rootfs:    rootfs,
-		hostname:  hostname,
-		netNone:   netNone,
-		hostsFile: hostsFile,
-		resolv:    resolvFile,
-		mounts:    mounts,
-		maps:      maps,
-	}, id)
-	if err != nil {
-		return fmt.Errorf("run: sandbox config: %w", err)
-	}
-
 	env := append([]string(nil), spec.Env...)
 	if !hasEnv(env, "PATH") {
 		env = append(env, defaultPath)
@@ -190,36 +177,62 @@ func Run(ctx context.Context, spec RunSpec) (retErr error) {
 	tail := &tailBuffer{max: 16 << 10}
 	stdout, stderr := combinedWriters(spec.Stdout, spec.Stderr, tail)
 
-	process := &libcontainer.Process{
-		Args:             spec.Args,
-		Env:              env,
-		UID:              int(uid),
-		GID:              int(gid),
-		AdditionalGroups: groups,
-		Cwd:              cwd,
-		Stdin:            nil, // exec.Cmd opens /dev/null
-		Stdout:           stdout,
-		Stderr:           stderr,
-		Init:             true,
-	}
-	if uid != 0 {
-		// Docker clears the effective and permitted sets for a non-root
-		// user (moby#36587): only the bounding set stays, for setuid
-		// binaries such as sudo.
-		process.Capabilities = &configs.Capabilities{Bounding: defaultCapabilities}
-	}
-
-	container, err := libcontainer.Create(filepath.Join(runDir, "runc"), id, cfg)
-	if err != nil {
-		return fmt.Errorf("run: creating sandbox: %w", err)
-	}
-	defer func() {
-		if err := container.Destroy(); err != nil {
-			retErr = errors.Join(retErr, fmt.Errorf("run: destroying sandbox: %w", err))
+	// attempt creates the sandbox and runs the command in it. procBind
+	// binds the host's /proc instead of mounting a new one.
+	attempt := func(procBind bool) (state *os.ProcessState, waitErr, startErr error) {
+		id := "rbuild-" + randomID()
+		cfg, err := newConfig(sandboxSpec{
+			rootfs:    rootfs,
+			hostname:  hostname,
+			netNone:   netNone,
+			hostsFile: hostsFile,
+			resolv:    resolvFile,
+			mounts:    mounts,
+			maps:      maps,
+			procBind:  procBind,
+		}, id)
+		if err != nil {
+			return nil, nil, fmt.Errorf("sandbox config: %w", err)
 		}
-	}()
+		process := &libcontainer.Process{
+			Args:             spec.Args,
+			Env:              env,
+			UID:              int(uid),
+			GID:              int(gid),
+			AdditionalGroups: groups,
+			Cwd:              cwd,
+			Stdin:            nil, // exec.Cmd opens /dev/null
+			Stdout:           stdout,
+			Stderr:           stderr,
+			Init:             true,
+		}
+		if uid != 0 {
+			// Docker clears the effective and permitted sets for a non-root
+			// user (moby#36587): only the bounding set stays, for setuid
+			// binaries such as sudo.
+			process.Capabilities = &configs.Capabilities{Bounding: defaultCapabilities}
+		}
+		container, err := libcontainer.Create(filepath.Join(runDir, "runc"), id, cfg)
+		if err != nil {
+			return nil, nil, fmt.Errorf("creating sandbox: %w", err)
+		}
+		defer func() {
+			if err := container.Destroy(); err != nil {
+				startErr = errors.Join(startErr, fmt.Errorf("destroying sandbox: %w", err))
+			}
+		}()
+		return runLocked(ctx, container, process)
+	}
 
-	state, waitErr, err := runLocked(ctx, container, process)
+	procBind := procBindNeeded.Load()
+	state, waitErr, err := attempt(procBind)
+	if err != nil && !procBind && isProcMountDenied(err) {
+		// A container runtime masked parts of /proc (Kubernetes
+		// procMount: Default): the kernel then refuses a new proc mount in
+		// a user namespace. Bind the visible /proc instead, from now on.
+		procBindNeeded.Store(true)
+		state, waitErr, err = attempt(true)
+	}
 	if err != nil {
 		return fmt.Errorf("run: starting %q: %w", spec.Args, err)
 	}
@@ -233,6 +246,15 @@ func Run(ctx context.Context, spec RunSpec) (retErr error) {
 		return &ExitError{Code: code, Tail: tail.lastLines(tailLines)}
 	}
 	return nil
+}
+
+// procBindNeeded records that new proc mounts are refused here.
+var procBindNeeded atomic.Bool
+
+// isProcMountDenied recognizes libcontainer's failure to mount a new /proc.
+func isProcMountDenied(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, `mounting "proc"`) && (errors.Is(err, unix.EPERM) || strings.Contains(msg, "operation not permitted"))
 }
 
 // runLocked starts the sandbox and waits for it on one locked OS thread: the

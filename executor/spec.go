@@ -172,6 +172,9 @@ type sandboxSpec struct {
 	resolv    string
 	mounts    []Mount // targets absolute
 	maps      idMaps
+	// procBind binds the host's /proc (rbind, read as the runtime masked
+	// it) where a new proc mount is refused.
+	procBind bool
 }
 
 // newConfig builds the libcontainer configuration of a RUN sandbox. It goes
@@ -187,7 +190,7 @@ func newConfig(s sandboxSpec, cgroupName string) (*configs.Config, error) {
 	}
 
 	mounts := []specs.Mount{
-		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		procMount(s.procBind),
 		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
 		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: ptsOpts},
 		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
@@ -299,4 +302,11 @@ func newConfig(s sandboxSpec, cgroupName string) (*configs.Config, error) {
 	// nothing may keep writing into a rootfs that is about to be committed.
 	cfg.ParentDeathSignal = int(unix.SIGKILL)
 	return cfg, nil
+}
+
+func procMount(bind bool) specs.Mount {
+	if bind {
+		return specs.Mount{Destination: "/proc", Type: "bind", Source: "/proc", Options: []string{"rbind", "nosuid", "noexec", "nodev"}}
+	}
+	return specs.Mount{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}}
 }

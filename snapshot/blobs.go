@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -89,6 +90,24 @@ type LayerWriter struct {
 	comp      io.WriteCloser
 	in        io.Writer
 	mediaType types.MediaType
+	release   func()
+}
+
+var gzipPools sync.Map // level -> *sync.Pool of *pgzip.Writer
+
+func getGzip(level int, w io.Writer) *pgzip.Writer {
+	p, _ := gzipPools.LoadOrStore(level, &sync.Pool{})
+	if z, ok := p.(*sync.Pool).Get().(*pgzip.Writer); ok {
+		z.Reset(w)
+		return z
+	}
+	z, _ := pgzip.NewWriterLevel(w, level)
+	return z
+}
+
+func putGzip(level int, z *pgzip.Writer) {
+	p, _ := gzipPools.Load(level)
+	p.(*sync.Pool).Put(z)
 }
 
 // NewLayerWriter starts a new layer blob.
@@ -105,10 +124,17 @@ func (b *Blobs) NewLayerWriter(c Compression) (*LayerWriter, error) {
 		if level == 0 {
 			level = pgzip.DefaultCompression
 		}
-		gz, err := pgzip.NewWriterLevel(w.counter, level)
-		if err != nil {
-			w.Abort()
-			return nil, err
+		var gz *pgzip.Writer
+		if os.Getenv("XPOOL") != "" {
+			gz = getGzip(level, w.counter)
+			w.release = func() { putGzip(level, gz) }
+		} else {
+			var err error
+			gz, err = pgzip.NewWriterLevel(w.counter, level)
+			if err != nil {
+				w.Abort()
+				return nil, err
+			}
 		}
 		w.comp = gz
 		w.mediaType = types.OCILayer
@@ -138,6 +164,9 @@ func (w *LayerWriter) Write(p []byte) (int, error) { return w.in.Write(p) }
 // Commit finishes the blob and moves it to its content address.
 func (w *LayerWriter) Commit() (*Layer, error) {
 	err := w.comp.Close()
+	if w.release != nil && err == nil {
+		w.release()
+	}
 	if cerr := w.f.Close(); err == nil {
 		err = cerr
 	}

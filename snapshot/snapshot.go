@@ -32,6 +32,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -104,12 +105,22 @@ func Open(opts Options) (*Store, error) {
 	var errs []error
 	for _, d := range drivers {
 		so := storagetypes.StoreOptions{
-			RunRoot:         filepath.Join(opts.Root, "run"),
+			RunRoot:         runRootFor(opts.Root),
 			GraphRoot:       filepath.Join(opts.Root, "storage"),
 			GraphDriverName: d,
 		}
 		if d == "overlay" {
 			so.GraphDriverOptions = []string{"overlay.mountopt=nodev"}
+			if os.Getenv("XVOLMNT") != "" {
+				so.GraphDriverOptions = []string{"overlay.mountopt=nodev,volatile"}
+			}
+		}
+		if singleIDMapping() {
+			// Rootless without an /etc/subuid range: only our own uid
+			// exists here, so files of other owners (a base image's
+			// /home/app) cannot be created with their owner; keep them
+			// as ours instead of failing with EINVAL.
+			so.GraphDriverOptions = append(so.GraphDriverOptions, d+".ignore_chown_errors=true")
 		}
 		st, err := storage.GetStore(so)
 		if err != nil {
@@ -150,7 +161,7 @@ func (s *Store) Close() error {
 // Prepare creates a writable snapshot on top of parent ("" for scratch) and
 // mounts it.
 func (s *Store) Prepare(parent string) (*Snapshot, error) {
-	l, err := s.store.CreateLayer("", parent, nil, "", true, nil)
+	l, err := s.store.CreateLayer("", parent, nil, "", true, &storage.LayerOptions{Volatile: os.Getenv("XVOL") != ""})
 	if err != nil {
 		return nil, fmt.Errorf("creating snapshot on %q: %w", short(parent), err)
 	}
@@ -298,4 +309,33 @@ func short(id string) string {
 // Delete removes a committed layer from the store.
 func (s *Store) Delete(id string) error {
 	return s.store.DeleteLayer(id)
+}
+
+func runRootFor(root string) string {
+	if os.Getenv("XTMPFS") != "" {
+		return filepath.Join("/dev/shm", "rbuild-x-"+filepath.Base(root))
+	}
+	return filepath.Join(root, "run")
+}
+
+// singleIDMapping reports whether this process's user namespace maps only
+// one uid or only one gid.
+func singleIDMapping() bool {
+	for _, f := range []string{"/proc/self/uid_map", "/proc/self/gid_map"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false
+		}
+		var n uint64
+		for _, l := range strings.Split(string(b), "\n") {
+			var in, out, size uint64
+			if _, err := fmt.Sscan(l, &in, &out, &size); err == nil {
+				n += size
+			}
+		}
+		if n <= 1 {
+			return true
+		}
+	}
+	return false
 }
