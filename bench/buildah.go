@@ -135,12 +135,13 @@ func (b *buildahBuilder) Build(ctx context.Context, r buildReq) (usage, []string
 
 func (b *buildahBuilder) RegistryCache() (bool, string) { return true, "" }
 
-// buildah prints "STEP n/N: RUN ..." per step, then the output, then
+// buildah prints "STEP n/N: RUN ..." per step ("[s/S] STEP ..." in a
+// multi-stage build), then the output, then
 // "--> ID" after the commit; a RUN step lasts to the next STEP or COMMIT
 // line, the commit included (as for rbuild).
 var (
-	buildahRun  = regexp.MustCompile(`^STEP \d+/\d+: RUN `)
-	buildahNext = regexp.MustCompile(`^(STEP \d+/\d+: |COMMIT)`)
+	buildahRun  = regexp.MustCompile(`^(\[\d+/\d+\] )?STEP \d+/\d+: RUN `)
+	buildahNext = regexp.MustCompile(`^(\[\d+/\d+\] )?(STEP \d+/\d+: |COMMIT)`)
 )
 
 func (b *buildahBuilder) RunTime(log string) float64 { return stepTimes(log, buildahRun, buildahNext) }

@@ -133,8 +133,13 @@ type sample struct {
 	UserSec float64 `json:"user_s"`
 	SysSec  float64 `json:"sys_s"`
 	CPUSec  float64 `json:"cpu_s"`
-	// RunSec is the time in RUN steps as the builder's log shows it.
+	// RunSec is how long RUN commands ran, from /proc (the same method
+	// for every builder).
 	RunSec float64 `json:"run_s"`
+	// RunLogSec is the time in RUN steps as the builder's log shows it:
+	// BuildKit's RUN vertex durations; for rbuild and buildah from a RUN
+	// step's header line to the next step's, its commit included.
+	RunLogSec float64 `json:"run_log_s"`
 	// PeakRSSMiB is the peak RSS of the builder's own processes.
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
 	// TreeMaxRSSMiB is ru_maxrss: the largest process of the tree, RUN
@@ -209,6 +214,7 @@ func runPhases(ctx context.Context, env *benchEnv, c *benchCase, b builder, rep 
 		s.SysSec = u.Sys.Seconds()
 		s.CPUSec = s.UserSec + s.SysSec
 		s.PeakRSSMiB = float64(u.BuilderRSS) / 1024
+		s.RunSec = u.Run.Seconds()
 		s.TreeMaxRSSMiB = float64(u.TreeMaxRSS) / 1024
 		s.PulledBytes, s.PushedBytes, s.Requests = t.Pulled, t.Pushed, t.Requests
 		if err != nil {
@@ -218,7 +224,7 @@ func runPhases(ctx context.Context, env *benchEnv, c *benchCase, b builder, rep 
 		}
 		s.OK = true
 		if text, err := os.ReadFile(logPath); err == nil {
-			s.RunSec = b.RunTime(string(text))
+			s.RunLogSec = b.RunTime(string(text))
 		}
 		logf("%s/%s rep %d: %s %.1fs wall, %.1fs CPU, %.0f MiB, pulled %s, pushed %s",
 			c.Name, b.Name(), rep, phase, s.WallSec, s.CPUSec, s.PeakRSSMiB, human(t.Pulled), human(t.Pushed))

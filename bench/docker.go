@@ -180,7 +180,9 @@ func (b *dockerBuilder) Build(ctx context.Context, r buildReq) (usage, []string,
 			break
 		}
 	}
-	total.BuilderRSS = max(total.BuilderRSS, daemon.stop())
+	peak, runTime := daemon.stop()
+	total.BuilderRSS = max(total.BuilderRSS, peak)
+	total.Run += runTime
 	u1, s1 := treeCPU(b.pid)
 	total.User += u1 - u0
 	total.Sys += s1 - s0

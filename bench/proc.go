@@ -162,6 +162,8 @@ type usage struct {
 	// BuilderRSS is the largest VmHWM seen of the builder's own processes
 	// (those running one of the builder's executables), KiB.
 	BuilderRSS int64
+	// Run is how long RUN commands ran (see sampler).
+	Run time.Duration
 }
 
 func (u *usage) add(o usage) {
@@ -170,6 +172,7 @@ func (u *usage) add(o usage) {
 	u.Sys += o.Sys
 	u.TreeMaxRSS = max(u.TreeMaxRSS, o.TreeMaxRSS)
 	u.BuilderRSS = max(u.BuilderRSS, o.BuilderRSS)
+	u.Run += o.Run
 }
 
 // runMeasured runs one command to completion in its own process group,
@@ -206,7 +209,9 @@ func runMeasured(ctx context.Context, spec cmdSpec, log io.Writer, exes []string
 		<-done
 		err = fmt.Errorf("%s: %w", spec.Argv[0], ctx.Err())
 	}
-	u := usage{Wall: time.Since(start), BuilderRSS: samp.stop()}
+	wall := time.Since(start)
+	peak, runTime := samp.stop()
+	u := usage{Wall: wall, BuilderRSS: peak, Run: runTime}
 	if st := cmd.ProcessState; st != nil {
 		u.User = st.UserTime()
 		u.Sys = st.SystemTime()
@@ -226,20 +231,40 @@ func runMeasured(ctx context.Context, spec cmdSpec, log io.Writer, exes []string
 	return u, err
 }
 
-// sampler polls /proc for the peak RSS (VmHWM) of builder processes in the
-// trees under roots. VmHWM only grows during a process's life, so the last
-// value read is its peak (a process younger than one period can be missed).
+// sampler polls /proc every samplePeriod for two things in the process
+// trees under roots:
+//
+//   - the peak RSS (VmHWM) of the builder's own processes, those running
+//     one of its executables. VmHWM only grows during a process's life, so
+//     the last value read is its peak.
+//   - how long RUN commands ran: the union of the lifetimes of every other
+//     process of the tree (not the builder, not a runtime helper such as
+//     runc or a re-executed "exe"), from its start time in /proc/PID/stat
+//     to the last time it was seen. The same method for every builder, so
+//     "wall − RUN" compares builders fairly; a process shorter than one
+//     period can be missed, and an exit is seen up to one period late.
 type sampler struct {
 	roots func() []int
 	exes  map[string]bool
 	comms map[string]bool
 	peak  int64
-	quit  chan struct{}
-	done  chan struct{}
+	// runs maps a RUN process (pid and start tick) to its lifetime, in
+	// seconds since boot.
+	runs map[[2]int64]*[2]float64
+	quit chan struct{}
+	done chan struct{}
 }
 
+const samplePeriod = 50 * time.Millisecond
+
+// helperComms are runtime processes that are neither the builder's own
+// code nor a RUN command.
+var helperComms = []string{"exe", "runc", "newuidmap", "newgidmap", "conmon", "containerd-shim",
+	"docker-init", "slirp4netns", "fuse-overlayfs", "catatonit", "docker-registry"}
+
 func startSampler(roots func() []int, exes []string) *sampler {
-	s := &sampler{roots: roots, exes: map[string]bool{}, comms: map[string]bool{}, quit: make(chan struct{}), done: make(chan struct{})}
+	s := &sampler{roots: roots, exes: map[string]bool{}, comms: map[string]bool{},
+		runs: map[[2]int64]*[2]float64{}, quit: make(chan struct{}), done: make(chan struct{})}
 	for _, e := range exes {
 		s.exes[e] = true
 		// comm is the executable's name cut to 15 bytes.
@@ -255,7 +280,7 @@ func startSampler(roots func() []int, exes []string) *sampler {
 
 func (s *sampler) loop() {
 	defer close(s.done)
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTicker(samplePeriod)
 	defer t.Stop()
 	for {
 		s.sample()
@@ -267,25 +292,81 @@ func (s *sampler) loop() {
 	}
 }
 
+func isHelper(comm string) bool {
+	for _, h := range helperComms {
+		if comm == h || strings.HasPrefix(comm, h) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *sampler) sample() {
+	now := uptime()
 	for _, pid := range treeOf(s.roots()) {
+		comm := procComm(pid)
 		// A builder re-executed in its own user and mount namespaces shows
 		// "/" as its exe from here; its comm still names the binary.
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 		exe = strings.TrimSuffix(exe, " (deleted)")
-		if !s.exes[exe] && !s.comms[procComm(pid)] {
+		if s.exes[exe] || s.comms[comm] {
+			if hwm := statusKiB(pid, "VmHWM:"); hwm > s.peak {
+				s.peak = hwm
+			}
 			continue
 		}
-		if hwm := statusKiB(pid, "VmHWM:"); hwm > s.peak {
-			s.peak = hwm
+		if comm == "" || isHelper(comm) || now == 0 {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil {
+			continue
+		}
+		k := [2]int64{int64(pid), st.start}
+		if r, ok := s.runs[k]; ok {
+			r[1] = now
+		} else {
+			s.runs[k] = &[2]float64{float64(st.start) / clockTick, now}
 		}
 	}
 }
 
-func (s *sampler) stop() int64 {
+// stop ends the sampling and returns the builder's peak RSS (KiB) and the
+// time RUN commands ran.
+func (s *sampler) stop() (int64, time.Duration) {
 	close(s.quit)
 	<-s.done
-	return s.peak
+	var iv [][2]float64
+	for _, r := range s.runs {
+		// The exit happened between the last sighting and the next tick.
+		iv = append(iv, [2]float64{r[0], r[1] + samplePeriod.Seconds()/2})
+	}
+	sort.Slice(iv, func(i, j int) bool { return iv[i][0] < iv[j][0] })
+	total, end := 0.0, -1.0
+	for _, x := range iv {
+		if x[0] > end {
+			total += x[1] - x[0]
+			end = x[1]
+		} else if x[1] > end {
+			total += x[1] - end
+			end = x[1]
+		}
+	}
+	return s.peak, time.Duration(total * float64(time.Second))
+}
+
+// uptime is the time since boot, the clock of /proc/PID/stat start times.
+func uptime() float64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
 
 func procComm(pid int) string {
@@ -333,6 +414,8 @@ func treeOf(roots []int) []int {
 type procStat struct {
 	ppid                         int
 	utime, stime, cutime, cstime int64
+	// start is the start time in clock ticks since boot.
+	start int64
 }
 
 // readStat parses /proc/PID/stat (fields after the parenthesized comm).
@@ -346,12 +429,13 @@ func readStat(pid int) (procStat, error) {
 		return procStat{}, fmt.Errorf("bad stat")
 	}
 	f := strings.Fields(string(b[i+1:]))
-	// f[0] is state (field 3); ppid is field 4, utime..cstime 14..17.
-	if len(f) < 15 {
+	// f[0] is state (field 3); ppid is field 4, utime..cstime 14..17,
+	// starttime 22.
+	if len(f) < 20 {
 		return procStat{}, fmt.Errorf("short stat")
 	}
 	n := func(k int) int64 { v, _ := strconv.ParseInt(f[k-3], 10, 64); return v }
-	return procStat{ppid: int(n(4)), utime: n(14), stime: n(15), cutime: n(16), cstime: n(17)}, nil
+	return procStat{ppid: int(n(4)), utime: n(14), stime: n(15), cutime: n(16), cstime: n(17), start: n(22)}, nil
 }
 
 // clockTick is USER_HZ, which is 100 on every Linux architecture Go runs on

@@ -19,13 +19,13 @@ import (
 )
 
 type testBuild struct {
-	t    *testing.T
+	t    testing.TB
 	root string
 	ctx  string
 	log  bytes.Buffer
 }
 
-func newTestBuild(t *testing.T) *testBuild {
+func newTestBuild(t testing.TB) *testBuild {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the layer store needs root (or rbuild's user-namespace re-exec); CI runs these as root")

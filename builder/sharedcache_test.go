@@ -27,7 +27,9 @@ type countingRegistry struct {
 	fetched  map[string]bool // blob digests read with GET
 }
 
-func newCountingRegistry(t *testing.T) *countingRegistry {
+func newCountingRegistry(t *testing.T) *countingRegistry { return newCountingRegistryB(t) }
+
+func newCountingRegistryB(t testing.TB) *countingRegistry {
 	cr := &countingRegistry{fetched: map[string]bool{}}
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
