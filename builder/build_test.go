@@ -511,3 +511,26 @@ ENV X=1
 		t.Errorf("two builds of the same context at different times: %v, want one digest", digests)
 	}
 }
+
+func TestRunMountBindFromStage(t *testing.T) {
+	tb := newTestBuild(t)
+	df := `ARG REGISTRY
+FROM ${REGISTRY}/busybox AS src
+RUN mkdir /data && echo from-stage > /data/f
+FROM ${REGISTRY}/busybox
+RUN --mount=type=bind,from=src,source=/data,target=/mnt cat /mnt/f > /copied
+RUN --mount=type=bind,from=src,source=/data,target=/mnt,rw echo scribble > /mnt/f && cat /mnt/f > /rw
+`
+	res := tb.mustBuild(df, nil)
+	fs := files(t, res.Image)
+	if fs["/copied"].data != "from-stage\n" || fs["/rw"].data != "scribble\n" {
+		t.Errorf("/copied = %q, /rw = %q", fs["/copied"].data, fs["/rw"].data)
+	}
+	if _, ok := fs["/mnt"]; ok {
+		t.Errorf("the bind target leaked into the image")
+	}
+	tb.mustBuild(df, nil)
+	if n := strings.Count(tb.log.String(), "] CACHED"); n != 3 {
+		t.Errorf("rebuild: %d cache hits, want 3\n%s", n, tb.log.String())
+	}
+}

@@ -25,118 +25,153 @@ type Secret struct {
 	Env string
 }
 
-// runMounts prepares the RUN --mount list: bind mounts of the context,
-// a stage or an image; persistent cache directories; tmpfs; secrets. It
-// returns the executor mounts, the text they add to the step's cache key,
-// environment variables (secrets with env=), and a release function.
-func (b *build) runMounts(ctx context.Context, s *stage, c *instructions.RunCommand) (mounts []executor.Mount, key []string, env []string, release func(), err error) {
-	var releases []func()
-	release = func() {
-		for i := len(releases) - 1; i >= 0; i-- {
-			releases[i]()
-		}
-	}
-	defer func() {
-		if err != nil {
-			release()
-		}
-	}()
-	tmp, err := os.MkdirTemp(b.stateDir, "mounts-")
-	if err != nil {
-		return nil, nil, nil, release, err
-	}
-	releases = append(releases, func() { _ = os.RemoveAll(tmp) })
-
-	for i, m := range instructions.GetMounts(c) {
+// runMounts reads the RUN --mount list: bind mounts of the context, a
+// stage or an image; persistent cache directories; tmpfs; secrets. It
+// returns the text the mounts add to the step's cache key, computed without
+// mounting anything, and prepare, which sets the mounts up when the step
+// really runs (a cache hit never materializes a bind source).
+func (b *build) runMounts(ctx context.Context, s *stage, c *instructions.RunCommand) (key []string, prepare func() ([]executor.Mount, []string, func(), error), err error) {
+	mounts := instructions.GetMounts(c)
+	froms := make([]*fromSource, len(mounts))
+	for i, m := range mounts {
 		switch m.Type {
 		case instructions.MountTypeBind:
-			mnt, k, rel, err := b.bindMount(ctx, s, m, filepath.Join(tmp, fmt.Sprintf("bind-%d", i)))
+			k, src, err := b.bindKey(ctx, s, m)
 			if err != nil {
-				return nil, nil, nil, release, err
+				return nil, nil, err
 			}
-			releases = append(releases, rel)
-			mounts = append(mounts, mnt)
+			froms[i] = src
 			key = append(key, k)
 		case instructions.MountTypeCache:
-			mnt, rel, err := b.cacheMount(ctx, s, m)
-			if err != nil {
-				return nil, nil, nil, release, err
-			}
-			releases = append(releases, rel)
-			mounts = append(mounts, mnt)
 			key = append(key, fmt.Sprintf("cache target=%s id=%s", m.Target, m.CacheID))
 		case instructions.MountTypeTmpfs:
-			mounts = append(mounts, executor.Mount{Type: "tmpfs", Target: m.Target, Size: m.SizeLimit})
 			key = append(key, fmt.Sprintf("tmpfs target=%s size=%d", m.Target, m.SizeLimit))
 		case instructions.MountTypeSecret:
-			mnt, e, err := b.secretMount(m, filepath.Join(tmp, fmt.Sprintf("secret-%d", i)))
-			if err != nil {
-				return nil, nil, nil, release, err
-			}
-			if mnt != nil {
-				mounts = append(mounts, *mnt)
-			}
-			env = append(env, e...)
 			// Only the secret's name and place enter the key, never its value.
 			key = append(key, fmt.Sprintf("secret id=%s target=%s", m.CacheID, m.Target))
 		case instructions.MountTypeSSH:
-			return nil, nil, nil, release, errors.New("RUN --mount=type=ssh is not supported: pass credentials as a secret")
+			return nil, nil, errors.New("RUN --mount=type=ssh is not supported: pass credentials as a secret")
 		default:
-			return nil, nil, nil, release, fmt.Errorf("unsupported mount type %q", m.Type)
+			return nil, nil, fmt.Errorf("unsupported mount type %q", m.Type)
 		}
 	}
-	return mounts, key, env, release, nil
+	prepare = func() (out []executor.Mount, env []string, release func(), err error) {
+		var releases []func()
+		release = func() {
+			for i := len(releases) - 1; i >= 0; i-- {
+				releases[i]()
+			}
+		}
+		defer func() {
+			if err != nil {
+				release()
+			}
+		}()
+		tmp, err := os.MkdirTemp(b.stateDir, "mounts-")
+		if err != nil {
+			return nil, nil, release, err
+		}
+		releases = append(releases, func() { _ = os.RemoveAll(tmp) })
+		for i, m := range mounts {
+			switch m.Type {
+			case instructions.MountTypeBind:
+				mnt, rel, err := b.bindMount(ctx, m, froms[i], filepath.Join(tmp, fmt.Sprintf("bind-%d", i)))
+				if err != nil {
+					return nil, nil, release, err
+				}
+				releases = append(releases, rel)
+				out = append(out, mnt)
+			case instructions.MountTypeCache:
+				mnt, rel, err := b.cacheMount(ctx, s, m)
+				if err != nil {
+					return nil, nil, release, err
+				}
+				releases = append(releases, rel)
+				out = append(out, mnt)
+			case instructions.MountTypeTmpfs:
+				out = append(out, executor.Mount{Type: "tmpfs", Target: m.Target, Size: m.SizeLimit})
+			case instructions.MountTypeSecret:
+				mnt, e, err := b.secretMount(m, filepath.Join(tmp, fmt.Sprintf("secret-%d", i)))
+				if err != nil {
+					return nil, nil, release, err
+				}
+				if mnt != nil {
+					out = append(out, *mnt)
+				}
+				env = append(env, e...)
+			}
+		}
+		return out, env, release, nil
+	}
+	return key, prepare, nil
 }
 
-// bindMount binds a path of the context, a stage or an image. A read-write
-// bind works on a copy: changes are discarded, as in BuildKit, and the
-// user's context is never written to.
-func (b *build) bindMount(ctx context.Context, s *stage, m *instructions.Mount, scratch string) (executor.Mount, string, func(), error) {
-	root, srcKey, release := b.opts.ContextDir, "context", func() {}
-	var excluded func(string) bool = b.excluded
+// bindKey is a bind mount's part of the cache key: the content digest of
+// the source in the build context, or the key of the stage or image it
+// comes from (which fixes its content).
+func (b *build) bindKey(ctx context.Context, s *stage, m *instructions.Mount) (string, *fromSource, error) {
+	src := m.Source
+	if src == "" {
+		src = "/"
+	}
 	if m.From != "" {
-		r, k, rel, err := b.fromRoot(ctx, s, m.From)
+		from, err := b.fromSource(ctx, s, m.From)
 		if err != nil {
-			return executor.Mount{}, "", nil, err
+			return "", nil, err
 		}
-		root, srcKey, release, excluded = r, "from:"+k, rel, nil
+		return fmt.Sprintf("bind from:%s:%s target=%s ro=%v", from.key, src, m.Target, m.ReadOnly), from, nil
+	}
+	digest, err := executor.SourceDigest(executor.CopySpec{SrcRoot: b.opts.ContextDir, Sources: []string{src}, Dest: "/", WorkDir: "/", Excluded: b.excluded, PreserveOwnership: true})
+	if err != nil {
+		return "", nil, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
+	}
+	return fmt.Sprintf("bind context:%s digest=%s target=%s ro=%v", src, digest, m.Target, m.ReadOnly), nil, nil
+}
+
+// bindMount binds a path of the context, or of from (a stage or image). A
+// read-write bind works on a copy: changes are discarded, as in BuildKit,
+// and the user's context is never written to.
+func (b *build) bindMount(ctx context.Context, m *instructions.Mount, from *fromSource, scratch string) (executor.Mount, func(), error) {
+	root, release := b.opts.ContextDir, func() {}
+	var excluded func(string) bool = b.excluded
+	if from != nil {
+		r, rel, err := from.mount()
+		if err != nil {
+			return executor.Mount{}, nil, err
+		}
+		root, release, excluded = r, rel, nil
 	}
 	src := m.Source
 	if src == "" {
 		src = "/"
 	}
-	digest, err := executor.SourceDigest(executor.CopySpec{SrcRoot: root, Sources: []string{src}, Dest: "/", WorkDir: "/", Excluded: excluded, PreserveOwnership: true})
-	if err != nil {
-		release()
-		return executor.Mount{}, "", nil, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
-	}
 	full, err := secureJoin(root, src)
 	if err != nil {
 		release()
-		return executor.Mount{}, "", nil, err
+		return executor.Mount{}, nil, err
 	}
 	fi, err := os.Stat(full)
 	if err != nil {
 		release()
-		return executor.Mount{}, "", nil, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
+		return executor.Mount{}, nil, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
 	}
-	key := fmt.Sprintf("bind %s:%s digest=%s target=%s ro=%v", srcKey, src, digest, m.Target, m.ReadOnly)
 	if m.ReadOnly {
-		return executor.Mount{Source: full, Target: m.Target, ReadOnly: true}, key, release, nil
+		return executor.Mount{Source: full, Target: m.Target, ReadOnly: true}, release, nil
 	}
 	if err := os.MkdirAll(scratch, 0o755); err != nil {
 		release()
-		return executor.Mount{}, "", nil, err
+		return executor.Mount{}, nil, err
 	}
 	dest := "/"
 	if !fi.IsDir() {
 		dest = "/" + path.Base(src)
 	}
-	if err := executor.Copy(ctx, executor.CopySpec{SrcRoot: root, Sources: []string{src}, Dest: dest, WorkDir: "/", DstRoot: scratch, Excluded: excluded, PreserveOwnership: true}); err != nil {
-		release()
-		return executor.Mount{}, "", nil, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
+	err = executor.Copy(ctx, executor.CopySpec{SrcRoot: root, Sources: []string{src}, Dest: dest, WorkDir: "/", DstRoot: scratch, Excluded: excluded, PreserveOwnership: true})
+	release()
+	if err != nil {
+		return executor.Mount{}, nil, fmt.Errorf("--mount=type=bind,source=%s: %w", m.Source, err)
 	}
-	return executor.Mount{Source: filepath.Join(scratch, filepath.FromSlash(dest)), Target: m.Target}, key, release, nil
+	return executor.Mount{Source: filepath.Join(scratch, filepath.FromSlash(dest)), Target: m.Target}, func() {}, nil
 }
 
 // cacheMount gives RUN a directory that persists between builds on this

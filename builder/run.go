@@ -42,11 +42,10 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 	if c.PrependShell {
 		args = withShell(cfg.Shell, args)
 	}
-	mounts, mountKey, secretEnv, release, err := b.runMounts(ctx, s, c)
+	mountKey, prepareMounts, err := b.runMounts(ctx, s, c)
 	if err != nil {
 		return err
 	}
-	defer release()
 	env := s.env()
 	wd := cfg.WorkingDir
 	if wd == "" {
@@ -64,6 +63,11 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 	}
 	createdBy := "RUN " + runCommandString(args, s.argEnv()) + " # buildkit"
 	return b.step(ctx, s, kb.Key(), createdBy, func(rootfs string) error {
+		mounts, secretEnv, release, err := prepareMounts()
+		if err != nil {
+			return err
+		}
+		defer release()
 		out := b.log.lineWriter("  " + s.label() + "| ")
 		defer out.Flush()
 		spec := executor.RunSpec{
