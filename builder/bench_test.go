@@ -94,3 +94,29 @@ func benchBuildWith(b *testing.B, tb *testBuild, mod func(*Options), before func
 		b.ReportMetric(float64(layerGets)/float64(b.N), "blobGETs/op")
 	}
 }
+
+// BenchmarkRebuildOneFileChanged: one context file changes between builds
+// (warm local cache): the COPY of it and every later step re-run.
+func BenchmarkRebuildOneFileChanged(b *testing.B) {
+	tb := newTestBuild(b)
+	benchContext(tb)
+	df := twentySteps()
+	build := func() {
+		tb.log.Reset()
+		opts := Options{ContextDir: tb.ctx, DockerfileContent: []byte(df), Root: tb.root,
+			BuildArgs: map[string]string{"REGISTRY": testRegistry}, Progress: &tb.log}
+		if _, err := Build(b.Context(), opts); err != nil {
+			b.Fatalf("%v\n%s", err, tb.log.String())
+		}
+	}
+	build()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// f13.txt is copied by step 14 of 20: 6 steps re-run after it.
+		tb.file("f13.txt", fmt.Sprintf("change %d\n", i))
+		build()
+		if n := strings.Count(tb.log.String(), "] CACHED"); n != 9 {
+			b.Fatalf("%d cached steps, want 9\n%s", n, tb.log.String())
+		}
+	}
+}
