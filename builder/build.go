@@ -42,7 +42,7 @@ type build struct {
 	warnOut  io.Writer
 	stateDir string
 
-	mu sync.Mutex // guards usedArgs and pulls
+	mu sync.Mutex // guards usedArgs, pulls, sources and produced
 	// pulls shares one pull of each base image between the stages that
 	// name it.
 	pulls map[string]*pullOnce
