@@ -93,21 +93,30 @@ type LayerWriter struct {
 	release   func()
 }
 
-var gzipPools sync.Map // level -> *sync.Pool of *pgzip.Writer
+// compressors keeps closed compressors per algorithm and level for reuse:
+// a new parallel gzip writer allocates and zeroes its block buffers and
+// compressors (megabytes), most of the CPU time of committing a small
+// layer; a zstd encoder is no cheaper.
+var compressors sync.Map // "gzip/6" -> *sync.Pool of compressor
 
-func getGzip(level int, w io.Writer) *pgzip.Writer {
-	p, _ := gzipPools.LoadOrStore(level, &sync.Pool{})
-	if z, ok := p.(*sync.Pool).Get().(*pgzip.Writer); ok {
-		z.Reset(w)
-		return z
-	}
-	z, _ := pgzip.NewWriterLevel(w, level)
-	return z
+type compressor interface {
+	io.WriteCloser
+	Reset(io.Writer)
 }
 
-func putGzip(level int, z *pgzip.Writer) {
-	p, _ := gzipPools.Load(level)
-	p.(*sync.Pool).Put(z)
+func getCompressor(key string, w io.Writer, create func() (compressor, error)) (compressor, func(), error) {
+	p, _ := compressors.LoadOrStore(key, &sync.Pool{})
+	pool := p.(*sync.Pool)
+	c, ok := pool.Get().(compressor)
+	if ok {
+		c.Reset(w)
+	} else {
+		var err error
+		if c, err = create(); err != nil {
+			return nil, nil, err
+		}
+	}
+	return c, func() { pool.Put(c) }, nil
 }
 
 // NewLayerWriter starts a new layer blob.
@@ -124,31 +133,26 @@ func (b *Blobs) NewLayerWriter(c Compression) (*LayerWriter, error) {
 		if level == 0 {
 			level = pgzip.DefaultCompression
 		}
-		var gz *pgzip.Writer
-		if os.Getenv("XPOOL") != "" {
-			gz = getGzip(level, w.counter)
-			w.release = func() { putGzip(level, gz) }
-		} else {
-			var err error
-			gz, err = pgzip.NewWriterLevel(w.counter, level)
-			if err != nil {
-				w.Abort()
-				return nil, err
-			}
+		w.comp, w.release, err = getCompressor(fmt.Sprintf("gzip/%d", level), w.counter, func() (compressor, error) {
+			return pgzip.NewWriterLevel(w.counter, level)
+		})
+		if err != nil {
+			w.Abort()
+			return nil, err
 		}
-		w.comp = gz
 		w.mediaType = types.OCILayer
 	case "zstd":
 		level := zstd.SpeedDefault
 		if c.Level != 0 {
 			level = zstd.EncoderLevelFromZstd(c.Level)
 		}
-		zw, err := zstd.NewWriter(w.counter, zstd.WithEncoderLevel(level))
+		w.comp, w.release, err = getCompressor(fmt.Sprintf("zstd/%d", level), w.counter, func() (compressor, error) {
+			return zstd.NewWriter(w.counter, zstd.WithEncoderLevel(level))
+		})
 		if err != nil {
 			w.Abort()
 			return nil, err
 		}
-		w.comp = zw
 		w.mediaType = types.OCILayerZStd
 	default:
 		w.Abort()
@@ -164,8 +168,8 @@ func (w *LayerWriter) Write(p []byte) (int, error) { return w.in.Write(p) }
 // Commit finishes the blob and moves it to its content address.
 func (w *LayerWriter) Commit() (*Layer, error) {
 	err := w.comp.Close()
-	if w.release != nil && err == nil {
-		w.release()
+	if err == nil {
+		w.release() // only a compressor that closed cleanly is reused
 	}
 	if cerr := w.f.Close(); err == nil {
 		err = cerr

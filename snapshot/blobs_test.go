@@ -11,6 +11,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
 )
 
 // Blob store tests: plain files, no root needed.
@@ -214,5 +216,59 @@ func TestV1UncompressedLayer(t *testing.T) {
 	// A missing blob is an error, not an empty layer.
 	if _, err := b.V1(Layer{Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}, MediaType: types.OCILayer}).Uncompressed(); err == nil {
 		t.Error("Uncompressed of a missing blob succeeded")
+	}
+}
+
+// Compressors are reused across layers (see compressors): a reused one
+// must write what a new one writes, after a large layer, a small one and
+// an aborted one alike.
+func TestLayerWriterReuse(t *testing.T) {
+	big := make([]byte, 3<<20) // several pgzip blocks
+	for i := range big {
+		big[i] = byte(i * 7 % 251)
+	}
+	small := makeTar(t, fileEntry("etc/motd", "hello"))
+	for _, comp := range []Compression{{}, {Algorithm: "zstd"}} {
+		t.Run(comp.Algorithm, func(t *testing.T) {
+			b := newBlobs(t)
+			write := func(data []byte) v1.Hash {
+				w, err := b.NewLayerWriter(comp)
+				must(t, err)
+				_, err = w.Write(data)
+				must(t, err)
+				l, err := w.Commit()
+				must(t, err)
+				return l.Digest
+			}
+			// What a new compressor writes (the pool may hold some from
+			// other tests already).
+			fresh := func(data []byte) v1.Hash {
+				var buf bytes.Buffer
+				var c io.WriteCloser
+				if comp.Algorithm == "zstd" {
+					c = must1(zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedDefault)))
+				} else {
+					c = must1(pgzip.NewWriterLevel(&buf, pgzip.DefaultCompression))
+				}
+				_, err := c.Write(data)
+				must(t, err)
+				must(t, c.Close())
+				return sha(buf.Bytes())
+			}
+			first := map[string]v1.Hash{"big": fresh(big), "small": fresh(small)}
+			for i := 0; i < 3; i++ {
+				w, err := b.NewLayerWriter(comp)
+				must(t, err)
+				_, err = w.Write(big[:1<<20])
+				must(t, err)
+				w.Abort()
+				if got := write(small); got != first["small"] {
+					t.Fatalf("round %d: small layer %s, a new compressor writes %s", i, got, first["small"])
+				}
+				if got := write(big); got != first["big"] {
+					t.Fatalf("round %d: big layer %s, a new compressor writes %s", i, got, first["big"])
+				}
+			}
+		})
 	}
 }

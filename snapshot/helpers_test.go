@@ -69,6 +69,7 @@ func openStoreOpts(t testing.TB, opts Options) *Store {
 			t.Errorf("closing the store: %v", err)
 		}
 		unmountUnder(t, root)
+		removeRunRoot(t, st)
 	})
 	return st
 }
@@ -99,6 +100,17 @@ func unmountUnder(t testing.TB, dir string) {
 	for _, mp := range mounts {
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
 			t.Logf("unmounting %s: %v", mp, err)
+		}
+	}
+}
+
+// removeRunRoot removes a closed store's runtime state when it is on tmpfs
+// (the store would collect it later, once its root is gone).
+func removeRunRoot(t testing.TB, st *Store) {
+	t.Helper()
+	if st.runRoot != filepath.Join(st.root, "run") {
+		if err := os.RemoveAll(st.runRoot); err != nil {
+			t.Errorf("removing the runtime state: %v", err)
 		}
 	}
 }

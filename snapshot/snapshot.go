@@ -62,6 +62,7 @@ type Options struct {
 type Store struct {
 	store       storage.Store
 	root        string
+	runRoot     string
 	driver      string
 	compression Compression
 	epoch       *time.Time
@@ -102,18 +103,20 @@ func Open(opts Options) (*Store, error) {
 	if opts.Driver != "" {
 		drivers = []string{opts.Driver}
 	}
+	runRoot := runRootFor(opts.Root)
 	var errs []error
 	for _, d := range drivers {
 		so := storagetypes.StoreOptions{
-			RunRoot:         runRootFor(opts.Root),
+			RunRoot:         runRoot,
 			GraphRoot:       filepath.Join(opts.Root, "storage"),
 			GraphDriverName: d,
 		}
 		if d == "overlay" {
-			so.GraphDriverOptions = []string{"overlay.mountopt=nodev"}
-			if os.Getenv("XVOLMNT") != "" {
-				so.GraphDriverOptions = []string{"overlay.mountopt=nodev,volatile"}
+			mountopt := "nodev"
+			if volatileOverlay() {
+				mountopt += ",volatile"
 			}
+			so.GraphDriverOptions = []string{"overlay.mountopt=" + mountopt}
 		}
 		if singleIDMapping() {
 			// Rootless without an /etc/subuid range: only our own uid
@@ -132,7 +135,7 @@ func Open(opts Options) (*Store, error) {
 			_, _ = st.Shutdown(false)
 			return nil, err
 		}
-		return &Store{store: st, root: opts.Root, driver: d, compression: opts.Compression, epoch: opts.Epoch, Blobs: blobs}, nil
+		return &Store{store: st, root: opts.Root, runRoot: runRoot, driver: d, compression: opts.Compression, epoch: opts.Epoch, Blobs: blobs}, nil
 	}
 	return nil, fmt.Errorf("opening layer store in %s: %w", opts.Root, errors.Join(errs...))
 }
@@ -161,7 +164,9 @@ func (s *Store) Close() error {
 // Prepare creates a writable snapshot on top of parent ("" for scratch) and
 // mounts it.
 func (s *Store) Prepare(parent string) (*Snapshot, error) {
-	l, err := s.store.CreateLayer("", parent, nil, "", true, &storage.LayerOptions{Volatile: os.Getenv("XVOL") != ""})
+	// Volatile: storage keeps the record of the layer without an fsync
+	// (see volatileOverlay for why nothing in a step's path syncs).
+	l, err := s.store.CreateLayer("", parent, nil, "", true, &storage.LayerOptions{Volatile: true})
 	if err != nil {
 		return nil, fmt.Errorf("creating snapshot on %q: %w", short(parent), err)
 	}
@@ -221,18 +226,11 @@ func (s *Store) Commit(ctx context.Context, snap *Snapshot) (*Layer, error) {
 // export writes the snapshot's diff against its parent to w as a
 // normalized, uncompressed layer tar and returns the number of entries.
 func (s *Store) export(ctx context.Context, snap *Snapshot, w io.Writer) (int, error) {
-	lower := func(string) (os.FileInfo, bool) { return nil, false }
-	if snap.Parent != "" {
-		root, release, err := s.Mount(snap.Parent)
-		if err != nil {
-			return 0, err
-		}
-		defer release()
-		lower = func(name string) (os.FileInfo, bool) {
-			fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(name)))
-			return fi, err == nil
-		}
+	lower, release, err := s.lower(snap.Parent)
+	if err != nil {
+		return 0, err
 	}
+	defer release()
 	rc, err := s.store.Diff(snap.Parent, snap.ID, &storage.DiffOptions{Compression: ptr(archive.Uncompressed)})
 	if err != nil {
 		return 0, fmt.Errorf("reading snapshot diff: %w", err)
@@ -243,6 +241,38 @@ func (s *Store) export(ctx context.Context, snap *Snapshot, w io.Writer) (int, e
 		return entries, fmt.Errorf("exporting layer: %w", err)
 	}
 	return entries, nil
+}
+
+// lower returns a function that stats a path in the layer parent (the
+// lower file system of a snapshot on it), for normalize.
+//
+// With overlay, the paths are looked up in the layer directories
+// themselves, the way overlay merges them (see overlayLower): mounting the
+// parent for that cost a mount and an unmount, and two writes of storage's
+// mount counts, per commit, a third of a small commit's time.
+func (s *Store) lower(parent string) (func(string) (os.FileInfo, bool), func(), error) {
+	if parent == "" {
+		return func(string) (os.FileInfo, bool) { return nil, false }, func() {}, nil
+	}
+	if s.driver == "overlay" && plainOverlay() {
+		if drv, err := s.store.GraphDriver(); err == nil {
+			if md, err := drv.Metadata(parent); err == nil && md["UpperDir"] != "" {
+				stack := []string{md["UpperDir"]}
+				if md["LowerDir"] != "" {
+					stack = append(stack, strings.Split(md["LowerDir"], ":")...)
+				}
+				return overlayLower(stack), func() {}, nil
+			}
+		}
+	}
+	root, release, err := s.Mount(parent)
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(name string) (os.FileInfo, bool) {
+		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(name)))
+		return fi, err == nil
+	}, release, nil
 }
 
 // EmptyLayer writes the blob of a layer with no entries for snapshot id:
@@ -309,13 +339,6 @@ func short(id string) string {
 // Delete removes a committed layer from the store.
 func (s *Store) Delete(id string) error {
 	return s.store.DeleteLayer(id)
-}
-
-func runRootFor(root string) string {
-	if os.Getenv("XTMPFS") != "" {
-		return filepath.Join("/dev/shm", "rbuild-x-"+filepath.Base(root))
-	}
-	return filepath.Join(root, "run")
 }
 
 // singleIDMapping reports whether this process's user namespace maps only

@@ -66,6 +66,7 @@ func overlayUsable(t testing.TB) (bool, string) {
 		}
 		_ = st.Close()
 		unmountUnder(t, root)
+		removeRunRoot(t, st)
 		overlayOK = true
 	})
 	return overlayOK, overlayReason
