@@ -43,6 +43,8 @@ type buildReq struct {
 	CacheRepo string
 	Mode      mode
 	Log       *stampWriter
+	// LogPath is the log's file; profiles go beside it.
+	LogPath string
 }
 
 // builder is one image builder under test.
@@ -195,7 +197,9 @@ func runPhases(ctx context.Context, env *benchEnv, c *benchCase, b builder, rep 
 	measure := func(phase string, m mode) sample {
 		s := sample{Case: c.Name, Builder: b.Name(), Phase: phase, Rep: rep}
 		logPath := filepath.Join(logDir, fmt.Sprintf("%s-r%d-%s.log", b.Name(), rep, phase))
-		s.Log = logPath
+		if env.cfg.Keep {
+			s.Log = logPath
+		}
 		f, err := os.Create(logPath)
 		if err != nil {
 			s.Error = err.Error()
@@ -205,10 +209,13 @@ func runPhases(ctx context.Context, env *benchEnv, c *benchCase, b builder, rep 
 		log := newStampWriter(f)
 		env.reg.reset()
 		logf("%s/%s rep %d: %s", c.Name, b.Name(), rep, phase)
-		u, cmds, err := b.Build(ctx, buildReq{Case: c, Context: dir, Ref: ref, CacheRepo: cacheRepo, Mode: m, Log: log})
+		u, cmds, err := b.Build(ctx, buildReq{Case: c, Context: dir, Ref: ref, CacheRepo: cacheRepo, Mode: m, Log: log, LogPath: logPath})
 		log.Flush()
 		t := env.reg.traffic()
-		s.Commands = cmds
+		if rep == 1 {
+			// The exact commands, once per case, builder and phase.
+			s.Commands = cmds
+		}
 		s.WallSec = u.Wall.Seconds()
 		s.UserSec = u.User.Seconds()
 		s.SysSec = u.Sys.Seconds()

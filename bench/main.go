@@ -23,9 +23,13 @@
 //	BENCH_OUT=DIR        where benchmarks.md/json go (default docs)
 //	BENCH_KEEP=1         keep the work directory (logs of every build)
 //	BENCH_CACHE=DIR      cache for slow inputs (default /var/cache/rbuild-bench)
+//	BENCH_PERF=1         record `perf record -g` of every rbuild build beside
+//	                     its log (with BENCH_KEEP=1 and an unstripped -rbuild)
 //
 // `go run ./bench -render docs/benchmarks.json` rewrites the generated part
-// of docs/benchmarks.md from the raw results without building anything.
+// of docs/benchmarks.md from the raw results without building anything;
+// `go run ./bench -perf-summary X.perf.data -rbuild UNSTRIPPED` says where a
+// profiled rbuild build's CPU time went.
 package main
 
 import (
@@ -60,7 +64,15 @@ func main() {
 	rbuildBin := flag.String("rbuild", "bin/rbuild", "the rbuild binary to measure")
 	casesDir := flag.String("cases", "bench/cases", "the case directory")
 	render := flag.String("render", "", "only rewrite benchmarks.md (in BENCH_OUT) from this benchmarks.json")
+	perfData := flag.String("perf-summary", "", "only summarize this perf.data of an rbuild build (BENCH_PERF=1); -rbuild names the unstripped binary")
+	perfComms := flag.String("perf-comms", "rbuild,exe", "with -perf-summary: the processes to summarize (runc:[2:INIT] is a RUN step's init)")
 	flag.Parse()
+	if *perfData != "" {
+		if err := perfSummary(os.Stdout, *perfData, *rbuildBin, splitList(*perfComms), 25); err != nil {
+			fatalf("%v", err)
+		}
+		return
+	}
 
 	cfg := config{
 		Quick:    os.Getenv("BENCH_QUICK") == "1",

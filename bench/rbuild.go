@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ type rbuildBuilder struct {
 	bin     string
 	dir     string
 	version string
+	// registryCache: the binary has --cache-from and --cache-to.
+	registryCache bool
 }
 
 func newRbuild(env *benchEnv) (builder, error) {
@@ -33,12 +36,20 @@ func newRbuild(env *benchEnv) (builder, error) {
 		return nil, err
 	}
 	b := &rbuildBuilder{env: env, bin: bin, dir: filepath.Join(env.work, "rbuild"), version: strings.TrimSpace(string(out))}
+	// Registry caches came with issue 5; an older binary has none.
+	if help, err := exec.Command(bin, "build", "--help").CombinedOutput(); err == nil {
+		b.registryCache = strings.Contains(string(help), "--cache-from")
+	}
 	return b, os.MkdirAll(b.dir, 0o755)
 }
 
 func (b *rbuildBuilder) Name() string { return "rbuild" }
 
 func (b *rbuildBuilder) Info() builderInfo {
+	cacheNote := "no registry cache in this binary: the registry-cache phase is n/a (issue 5)"
+	if b.registryCache {
+		cacheNote = "registry cache: the export build adds --cache-to type=registry,ref=REGISTRY/bench-cache-CASE-rbuild-rN,mode=max, the measured build --cache-from type=registry,ref=REGISTRY/bench-cache-CASE-rbuild-rN"
+	}
 	return builderInfo{
 		Version: b.version,
 		Commands: []string{
@@ -46,7 +57,7 @@ func (b *rbuildBuilder) Info() builderInfo {
 		},
 		Notes: []string{
 			"runs as the unprivileged user " + benchUser + " (subuid range, newuidmap), overlay storage; pushes as part of the build",
-			"no registry cache yet: the registry-cache phase is n/a (issue 5)",
+			cacheNote,
 		},
 	}
 }
@@ -68,9 +79,16 @@ func (b *rbuildBuilder) Reset(ctx context.Context) error {
 
 func (b *rbuildBuilder) Build(ctx context.Context, r buildReq) (usage, []string, error) {
 	reg := b.env.reg.Addr
+	argv := []string{b.bin, "build", "--root", b.state(), "--progress", "plain", "--insecure-registry", reg,
+		"-t", r.Ref, "--build-arg", "REGISTRY=" + reg}
+	switch r.Mode {
+	case modeExport:
+		argv = append(argv, "--cache-to", "type=registry,ref="+r.CacheRepo+",mode=max")
+	case modeImport:
+		argv = append(argv, "--cache-from", "type=registry,ref="+r.CacheRepo)
+	}
 	spec := cmdSpec{
-		Argv: []string{b.bin, "build", "--root", b.state(), "--progress", "plain", "--insecure-registry", reg,
-			"-t", r.Ref, "--build-arg", "REGISTRY=" + reg, "-f", filepath.Join(r.Context, "Dockerfile"), r.Context},
+		Argv: append(argv, "-f", filepath.Join(r.Context, "Dockerfile"), r.Context),
 		Env: []string{
 			"HOME=" + filepath.Join(b.dir, "home"),
 			"XDG_RUNTIME_DIR=" + filepath.Join(b.dir, "run"),
@@ -81,12 +99,24 @@ func (b *rbuildBuilder) Build(ctx context.Context, r buildReq) (usage, []string,
 		Dir:  r.Context,
 		Cred: &syscall.Credential{Uid: uint32(b.env.uid), Gid: uint32(b.env.gid), Groups: []uint32{}},
 	}
+	if os.Getenv("BENCH_PERF") == "1" {
+		// perf follows the whole tree; it runs as root (kernel stacks
+		// too) and drops to the bench user for rbuild.
+		prof := strings.TrimSuffix(r.LogPath, ".log") + ".perf.data"
+		spec.Argv = append([]string{"perf", "record", "-q", "-F", "999", "-g", "-o", prof, "--",
+			"setpriv", fmt.Sprintf("--reuid=%d", b.env.uid), fmt.Sprintf("--regid=%d", b.env.gid), "--clear-groups", "--"},
+			spec.Argv...)
+		spec.Cred = nil
+	}
 	u, err := runMeasured(ctx, spec, r.Log, []string{b.bin}, r.Case.timeout)
 	return u, []string{spec.String()}, err
 }
 
 func (b *rbuildBuilder) RegistryCache() (bool, string) {
-	return false, "n/a (issue 5)"
+	if !b.registryCache {
+		return false, "n/a (issue 5)"
+	}
+	return true, ""
 }
 
 // rbuild prints "[stage n/N] RUN ..." per step and indents the step's
