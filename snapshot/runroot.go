@@ -1,8 +1,11 @@
 package snapshot
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,9 +58,12 @@ var shmDir = "/dev/shm"
 //
 // Every process using the same root must find the same directory (the
 // lock of the mount counts is in it), whatever its environment: the name
-// derives from root's resolved path and its device and inode, nothing
-// else. The directory must be a real directory of ours with mode 0700;
-// shmDir is sticky, so nobody else can replace it once it is.
+// derives from root's resolved path and the identity token kept in root
+// (rootToken), nothing else. A root removed and made anew gets a new
+// token, so it never inherits its predecessor's state (an inode number
+// would not do: file systems reuse them at once). The directory must be a
+// real directory of ours with mode 0700; shmDir is sticky, so nobody else
+// can replace it once it is.
 func runRootFor(root string) string {
 	fallback := filepath.Join(root, "run")
 	if err := os.MkdirAll(root, 0o700); err != nil {
@@ -70,16 +76,16 @@ func runRootFor(root string) string {
 	if err != nil {
 		return fallback
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(abs, &st); err != nil {
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(shmDir, &sfs); err != nil || sfs.Type != unix.TMPFS_MAGIC {
 		return fallback
 	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(shmDir, &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
+	token, err := rootToken(abs)
+	if err != nil {
 		return fallback
 	}
 	collectRunRoots()
-	record := fmt.Sprintf("%s\n%d:%d\n", abs, st.Dev, st.Ino)
+	record := fmt.Sprintf("%s\n%s\n", abs, token)
 	sum := sha256.Sum256([]byte(record))
 	dir := filepath.Join(shmDir, fmt.Sprintf("rbuild-%x", sum[:8]))
 	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
@@ -104,6 +110,41 @@ func runRootFor(root string) string {
 	return dir
 }
 
+// tokenFile holds a state directory's identity token.
+const tokenFile = "runtime-id"
+
+// rootToken returns the identity token of the state directory abs,
+// creating it on first use. Concurrent first uses agree: the token is
+// written to a temporary file and linked into place, and a process that
+// loses the race reads the winner's.
+func rootToken(abs string) (string, error) {
+	p := filepath.Join(abs, tokenFile)
+	if b, err := os.ReadFile(p); err == nil && len(b) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(abs, tokenFile+"-")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := fmt.Fprintf(tmp, "%x\n", id)
+	if err := tmp.Close(); werr != nil || err != nil {
+		return "", errors.Join(werr, err)
+	}
+	if err := os.Link(tmp.Name(), p); err != nil && !os.IsExist(err) {
+		return "", err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || len(b) == 0 {
+		return "", fmt.Errorf("reading %s: %v", p, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 // ours reports whether dir is a directory (not a link) owned by this
 // process's user with no access for anyone else.
 func ours(dir string) bool {
@@ -116,7 +157,7 @@ func ours(dir string) bool {
 }
 
 // collectRunRoots removes the runtime state of state directories that no
-// longer exist, or were made anew, (a CI job's or a test's temporary
+// longer exist, or were made anew (a CI job's or a test's temporary
 // root): tmpfs is memory.
 // A directory without its root record (being created) is left alone.
 func collectRunRoots() {
@@ -129,13 +170,12 @@ func collectRunRoots() {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(dir, "root"))
-		path, id, ok := strings.Cut(strings.TrimSuffix(string(b), "\n"), "\n")
+		path, token, ok := strings.Cut(strings.TrimSuffix(string(b), "\n"), "\n")
 		if err != nil || !ok || !strings.HasPrefix(path, "/") {
 			continue
 		}
-		var st unix.Stat_t
-		err = unix.Stat(path, &st)
-		if err == unix.ENOENT || err == nil && fmt.Sprintf("%d:%d", st.Dev, st.Ino) != id {
+		have, err := os.ReadFile(filepath.Join(path, tokenFile))
+		if errors.Is(err, fs.ErrNotExist) || err == nil && strings.TrimSpace(string(have)) != token {
 			_ = os.RemoveAll(dir)
 		}
 	}

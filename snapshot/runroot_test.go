@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -142,4 +143,28 @@ func TestVolatileMount(t *testing.T) {
 		}
 	}
 	t.Fatalf("snapshot %s is not mounted", snap.Path)
+}
+
+// Processes opening a new state directory at once agree on its token, and
+// so on its runtime state.
+func TestRootTokenConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	tokens := make([]string, 8)
+	var wg sync.WaitGroup
+	for i := range tokens {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tokens[i] = must1(rootToken(dir))
+		}()
+	}
+	wg.Wait()
+	for _, tok := range tokens {
+		if tok == "" || tok != tokens[0] {
+			t.Fatalf("tokens differ: %q", tokens)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, tokenFile+"-*")); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
 }
