@@ -4,7 +4,7 @@
 #   make example    build examples/hello into out/hello.tar (no registry, no network)
 #   make image      rbuild's own image into out/rbuild-image.tar, built by rbuild
 #   make test       everything: unit and end-to-end tests (installs Debian packages it needs)
-#   make bench      benchmarks
+#   make bench      benchmarks (bench-peers, bench-go, bench-rss)
 
 SHELL     := /bin/bash
 GO        ?= go
@@ -17,7 +17,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -extldflags "-static"
 export CGO_ENABLED := 1
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all build example test unit integration vet deps bench clean
+.PHONY: all build example test unit integration vet deps bench bench-peers bench-go bench-rss clean
 
 all: build
 
@@ -71,14 +71,33 @@ integration: bin/rbuild
 
 test: deps vet unit integration
 
-# rbuild against BuildKit (docker.io), buildah and kaniko, same machine, same
-# run (issue 3). Run as root: it installs the Debian packages it needs, starts
-# a registry and dockerd in a temporary directory and stops them at the end.
-# BENCH_QUICK=1: busybox cases only, one repeat. BENCH_REPEAT, BENCH_CASES,
-# BENCH_BUILDERS, BENCH_KEEP: see bench/README.md. Writes docs/benchmarks.md
-# and docs/benchmarks.json.
-bench: bin/rbuild
+# Benchmarks (issues 3, 4, 5). Run as root. `make bench` runs all three
+# parts below; results and the commands behind them are recorded by hand in
+# docs/benchmarks.md, apart from bench-peers' generated section.
+#
+# bench-peers: rbuild against BuildKit (docker.io), buildah and kaniko, same
+# machine, same run (issue 3). It installs the Debian packages it needs,
+# starts a registry and dockerd in a temporary directory and stops them at
+# the end. BENCH_QUICK=1: busybox cases only, one repeat. BENCH_REPEAT,
+# BENCH_CASES, BENCH_BUILDERS, BENCH_KEEP: see bench/README.md. Writes
+# docs/benchmarks.md and docs/benchmarks.json.
+bench: bench-peers bench-go bench-rss
+
+bench-peers: bin/rbuild
 	$(GO) run ./bench -rbuild $(CURDIR)/bin/rbuild -cases $(CURDIR)/bench/cases
+
+# bench-go: the Go benchmarks of snapshots (issue 4) and of the layer cache
+# (issue 5). BENCH_FULL=1 runs the snapshot benchmarks at full size (100k
+# files, a 1 GiB layer: about 7 minutes instead of 2).
+bench-go:
+	$(if $(BENCH_FULL),,RBUILD_BENCH_QUICK=1) $(GO) test -run '^$$' -bench . -timeout 40m ./snapshot
+	$(GO) test -run '^$$' -bench Rebuild -benchtime 5x ./builder
+
+# bench-rss: peak RSS of a build that COPYs a 2 GiB file (issue 4: under
+# 200 MB). Needs GNU time.
+bench-rss: bin/rbuild
+	command -v /usr/bin/time >/dev/null || apt-get install -y -qq --no-install-recommends time >/dev/null
+	bench/rss.sh bin/rbuild
 
 clean:
 	rm -rf bin out examples/hello/hello

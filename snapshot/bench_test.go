@@ -2,10 +2,10 @@ package snapshot
 
 // Benchmarks of issue 4 (snapshots that cost what changed). They need root,
 // like the store tests. Results and the commands that produced them are in
-// docs/benchmarks-snapshot.md:
+// docs/benchmarks.md:
 //
-//	go test -run '^$' -bench . -timeout 30m ./snapshot            # full, ~7 min
-//	RBUILD_BENCH_QUICK=1 go test -run '^$' -bench . ./snapshot    # make bench, ~2 min
+//	go test -run '^$' -bench . -timeout 40m ./snapshot            # BENCH_FULL=1 make bench-go, ~7 min
+//	RBUILD_BENCH_QUICK=1 go test -run '^$' -bench . ./snapshot    # make bench-go, ~2 min
 //
 // RBUILD_BENCH_QUICK=1 leaves out the 100k-file bases and sets the sizes
 // below to 64 MiB and 10000 files unless they are given:
