@@ -110,7 +110,7 @@ func newBuild(opts *Options) (*build, error) {
 		opts:     *opts,
 		df:       df,
 		usedArgs: map[string]bool{},
-		log:      &progress{w: opts.Progress},
+		log:      newProgress(opts.Progress, opts.ProgressTTY, opts.ProgressWidth),
 		warnOut:  opts.Warnings,
 		pulls:    map[string]*pullOnce{},
 		sources:  map[v1.Hash]func() (v1.Layer, error){},

@@ -75,6 +75,11 @@ type Options struct {
 	Outputs []output.Output
 	// Progress receives the build log; nil discards it.
 	Progress io.Writer
+	// ProgressTTY draws running RUN steps live, redrawn in place, instead
+	// of logging their output (Progress is a terminal, ProgressWidth
+	// columns wide).
+	ProgressTTY   bool
+	ProgressWidth int
 	// Warnings receives warnings; nil writes them to Progress.
 	Warnings io.Writer
 }

@@ -68,7 +68,7 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 			return err
 		}
 		defer release()
-		out := b.log.lineWriter("  " + s.label() + "| ")
+		out := b.log.stepOutput(s.step, s.step+" "+c.String(), "  "+s.label()+"| ")
 		defer out.Flush()
 		spec := executor.RunSpec{
 			Rootfs:    rootfs,

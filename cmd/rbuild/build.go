@@ -132,9 +132,11 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 		Compression:        snapshot.Compression{Algorithm: f.compression, Level: f.compressionLevel},
 		Progress:           cmd.ErrOrStderr(),
 	}
+	opts.ProgressTTY, opts.ProgressWidth = progressMode(f.progress, cmd.ErrOrStderr())
 	if f.quiet {
 		opts.Progress = io.Discard
 		opts.Warnings = cmd.ErrOrStderr()
+		opts.ProgressTTY = false
 	}
 	opts.Isolation = isolation
 	if opts.BuildArgs, err = keyValues(f.buildArgs, "--build-arg", true); err != nil {
