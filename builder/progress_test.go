@@ -105,9 +105,7 @@ func TestProgressTTY(t *testing.T) {
 		"  │ line 10",
 		"  │ a line much longer than the termina",
 	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("while running:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
+	checkScreen(t, "while running", got, want)
 	for _, row := range got {
 		if n := len([]rune(row)); n >= 40 {
 			t.Errorf("a row of %d columns on a 40-column terminal: %q", n, row)
@@ -117,16 +115,19 @@ func TestProgressTTY(t *testing.T) {
 	clock = clock.Add(time.Second)
 	out.Flush()
 	p.printf("[a 3/3] COPY x /x")
-	got = screen(t, buf.String())
-	want = []string{
+	checkScreen(t, "finished", screen(t, buf.String()), []string{
 		"[a 1/3] FROM busybox",
 		"[a 2/3] RUN build",
 		"WARNING: something",
 		"[a 2/3] DONE 2.5s (12 lines of output)",
 		"[a 3/3] COPY x /x",
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("finished:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	})
+}
+
+func checkScreen(t *testing.T, when string, got, want []string) {
+	t.Helper()
+	if g, w := strings.Join(got, "\n"), strings.Join(want, "\n"); g != w {
+		t.Errorf("%s, the screen shows:\n%s\nwant\n%s", when, g, w)
 	}
 }
 
