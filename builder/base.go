@@ -115,12 +115,25 @@ func (b *build) addSource(d v1.Hash, open func() (v1.Layer, error)) {
 // when the blob is here, else from where it was found (a registry layer,
 // which a push to the same registry mounts instead of copying).
 func (b *build) layer(l snapshot.Layer) (v1.Layer, error) {
-	if b.store.Blobs.Has(l.Digest) {
-		return b.store.Blobs.V1(l), nil
-	}
 	b.mu.Lock()
 	open := b.sources[l.Digest]
 	b.mu.Unlock()
+	if b.store.Blobs.Has(l.Digest) {
+		local := b.store.Blobs.V1(l)
+		// A blob that came from a registry (a base layer a RUN needed) is
+		// read from here, but stays mountable from its repository: a
+		// push to the same registry mounts it rather than uploading it
+		// again, as Docker and buildah do. Opening a registry layer costs
+		// no request.
+		if open != nil {
+			if src, err := open(); err == nil {
+				if ml, ok := src.(*remote.MountableLayer); ok {
+					return &remote.MountableLayer{Layer: local, Reference: ml.Reference}, nil
+				}
+			}
+		}
+		return local, nil
+	}
 	if open == nil {
 		return nil, fmt.Errorf("layer %s is neither stored locally nor known in a registry", l.Digest)
 	}

@@ -248,3 +248,51 @@ func TestCLILoopbackRegistryIsInsecure(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestCLIPushMountsBaseLayers: a push to the registry the base image came
+// from mounts the base layers into the new repository (as Docker and
+// buildah do) instead of uploading them again, even when a RUN step made
+// rbuild download them. Read from the registry's access log.
+func TestCLIPushMountsBaseLayers(t *testing.T) {
+	c := adhocCase(t, "cli-mount", cliDockerfile, map[string]string{"hello.txt": "hello\n"})
+	r := cliBuild(t, c)
+	img, err := pullImage(r.Tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, bases := h.registry(t)
+	if len(img.Layers) <= bases.BusyboxLayers {
+		t.Fatalf("%d layers, the base alone has %d", len(img.Layers), bases.BusyboxLayers)
+	}
+	ref, err := name.ParseReference(r.Tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := ref.Context().RepositoryStr()
+	log := reg.AccessLog()
+	for i := 0; i < bases.BusyboxLayers; i++ {
+		d, err := img.Layers[i].Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc := "sha256%3A" + d.Hex
+		mounted, uploaded := false, false
+		for _, line := range strings.Split(log, "\n") {
+			if !strings.Contains(line, "/v2/"+repo+"/blobs/uploads/") {
+				continue
+			}
+			if strings.Contains(line, `"POST `) && strings.Contains(line, "mount="+enc) && strings.Contains(line, `" 201 `) {
+				mounted = true
+			}
+			if strings.Contains(line, `"PUT `) && strings.Contains(line, "digest="+enc) {
+				uploaded = true
+			}
+		}
+		if !mounted || uploaded {
+			t.Errorf("base layer %d (%s) in %s: mounted %v, uploaded %v; want mounted only", i, d, repo, mounted, uploaded)
+		}
+	}
+	if t.Failed() {
+		t.Logf("access log:\n%s", tail(log, 40))
+	}
+}
