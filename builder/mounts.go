@@ -237,11 +237,13 @@ func (b *build) initCacheDir(ctx context.Context, s *stage, m *instructions.Moun
 	if exists {
 		return nil
 	}
-	tmp := dir + ".new"
-	_ = os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
+	// Builds sharing the cache may create it at once: each fills its own
+	// directory and the first rename wins.
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".new-")
+	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(tmp)
 	if m.From != "" {
 		root, _, rel, err := b.fromRoot(ctx, s, m.From)
 		if err != nil {
@@ -272,12 +274,16 @@ func (b *build) initCacheDir(ctx context.Context, s *stage, m *instructions.Moun
 		return err
 	}
 	if err := os.Lchown(tmp, uid, gid); err != nil {
-		return err
+		// A user namespace with one uid cannot give the directory other
+		// owners (EINVAL: unmapped); the step still runs, as root.
+		if !errors.Is(err, syscall.EINVAL) {
+			return err
+		}
+		b.warn("--mount=type=cache,target=%s: uid %d, gid %d cannot be set without a subordinate id range; the cache belongs to root", m.Target, uid, gid)
 	}
 	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, syscall.ENOTEMPTY) {
 		return err
 	}
-	_ = os.RemoveAll(tmp)
 	return nil
 }
 
