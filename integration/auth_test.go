@@ -19,8 +19,9 @@ import (
 
 // TestRegistryCredentials runs rbuild against a registry that requires
 // basic authentication: the base image is pulled and the result pushed
-// with the credentials of ~/.docker/config.json (DOCKER_CONFIG); wrong
-// credentials fail in one line, with nothing pushed.
+// with the credentials of ~/.docker/config.json (DOCKER_CONFIG), given in
+// it or by a credential helper it names; wrong credentials fail in one
+// line, with nothing pushed.
 func TestRegistryCredentials(t *testing.T) {
 	skipE2E(t)
 	bin := h.binary(t)
@@ -78,11 +79,42 @@ func TestRegistryCredentials(t *testing.T) {
 		}
 		return d
 	}
+	// A credential helper (credHelpers in config.json): a program
+	// docker-credential-NAME on PATH that answers "get" with the secret.
+	helperDir := filepath.Join(dir, "helper-bin")
+	if err := os.MkdirAll(helperDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	helper := fmt.Sprintf("#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread -r server\necho \"$server\" >> %s/helper-asked\nprintf '{\"ServerURL\":\"%%s\",\"Username\":\"ci\",\"Secret\":\"s3cret\"}' \"$server\"\n", dir)
+	if err := os.WriteFile(filepath.Join(helperDir, "docker-credential-rbtest"), []byte(helper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	helperConfig := filepath.Join(dir, "docker-helper")
+	if err := os.MkdirAll(helperConfig, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(helperConfig, "config.json"), []byte(fmt.Sprintf(`{"credHelpers":{%q:"rbtest"}}`, reg.Addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	build := func(configDir, tag string) (string, error) {
 		cmd := exec.Command(bin, "build", "--root", filepath.Join(dir, "state-"+tag), "-t", reg.Addr+"/private/app:"+tag, ctxDir)
-		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+configDir)
+		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+configDir, "PATH="+helperDir+":"+os.Getenv("PATH"))
 		out, err := cmd.CombinedOutput()
 		return string(out), err
+	}
+
+	// Credentials from the helper: pulled and pushed, and the helper was
+	// asked for this registry.
+	if out, err := build(helperConfig, "helper"); err != nil {
+		t.Fatalf("build with a credential helper: %v\n%s", err, out)
+	}
+	viaHelper, _ := name.ParseReference(reg.Addr+"/private/app:helper", name.Insecure)
+	if _, err := remote.Image(viaHelper, remote.WithAuth(good)); err != nil {
+		t.Errorf("the image built with the helper's credentials was not pushed: %v", err)
+	}
+	if asked, err := os.ReadFile(filepath.Join(dir, "helper-asked")); err != nil || !strings.Contains(string(asked), reg.Addr) {
+		t.Errorf("the credential helper was not asked for %s: %q, %v", reg.Addr, asked, err)
 	}
 
 	// Right credentials: pulled and pushed.
