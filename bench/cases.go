@@ -10,8 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"time"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // benchCase is one directory of bench/cases: a Dockerfile, an optional
@@ -56,25 +57,7 @@ type generate struct {
 
 var caseName = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
 
-func loadCases(dir string) ([]*benchCase, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []*benchCase
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		c, err := loadCase(filepath.Join(dir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
-}
+func loadCases(dir string) ([]*benchCase, error) { return testenv.LoadDirs(dir, loadCase) }
 
 func loadCase(dir string) (*benchCase, error) {
 	name := filepath.Base(dir)

@@ -16,12 +16,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	gzip "github.com/klauspost/pgzip"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // The base images, all made on this machine (no public registry is
@@ -35,7 +35,7 @@ var baseRefs = map[string]string{
 
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-var epoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+var epoch = testenv.Epoch
 
 // hostCABundle is the host's CA bundle, which holds the TLS-inspecting
 // proxy's CA on this machine kind; images whose RUN steps use HTTPS get it.
@@ -151,27 +151,7 @@ func pushImage(addr, repoTag string, img v1.Image) error {
 }
 
 func imageOf(layers []v1.Layer, history []string, cfg v1.Config) (v1.Image, error) {
-	img := empty.Image
-	for i, l := range layers {
-		var err error
-		img, err = mutate.Append(img, mutate.Addendum{
-			Layer:   l,
-			History: v1.History{CreatedBy: history[i], Created: v1.Time{Time: epoch}},
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.Architecture = "amd64"
-	cf.OS = "linux"
-	cf.Created = v1.Time{Time: epoch}
-	cf.Config = cfg
-	return mutate.ConfigFile(img, cf)
+	return testenv.Image(layers, testenv.ImageSpec{History: history, Config: cfg})
 }
 
 // entry is a file of a layer made in memory.

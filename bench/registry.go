@@ -2,18 +2,15 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // registry is Debian's docker-registry (distribution 2.8) on a free
@@ -45,76 +42,14 @@ func (r *registry) traffic() traffic {
 	return traffic{Pulled: r.pulled.Load(), Pushed: r.pushed.Load(), Requests: r.requests.Load()}
 }
 
-const registryConfig = `version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-`
-
 func startRegistry(ctx context.Context, dir string) (*registry, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
-		return nil, err
-	}
-	port, err := freePort()
+	reg, err := testenv.StartRegistry(dir, "")
 	if err != nil {
 		return nil, err
 	}
-	direct := fmt.Sprintf("127.0.0.1:%d", port)
-	conf := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, registryConfig, filepath.Join(dir, "data"), direct), 0o644); err != nil {
-		return nil, err
-	}
-	logFile, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command("docker-registry", "serve", conf)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("docker-registry: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logFile.Close(); close(exited) }()
-	pid := cmd.Process.Pid
-	atStop(func() { stopProcess(pid, exited, 10*time.Second) })
-
-	r := &registry{Direct: direct}
-	if out, err := exec.Command("docker-registry", "--version").CombinedOutput(); err == nil {
-		r.Version = string(trimNL(out))
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + direct + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case <-exited:
-			return nil, fmt.Errorf("docker-registry exited; see %s", logFile.Name())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("docker-registry did not answer on %s", direct)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	atStop(reg.Stop)
+	direct := reg.Addr
+	r := &registry{Direct: direct, Version: testenv.RegistryVersion()}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -178,20 +113,4 @@ func (c *countingWriter) Flush() {
 	if f, ok := c.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

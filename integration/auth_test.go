@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // TestRegistryCredentials runs rbuild against a registry that requires
@@ -34,7 +36,7 @@ func TestRegistryCredentials(t *testing.T) {
 	if err := os.WriteFile(htpasswd, []byte("ci:"+string(hash)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := startRegistryWith(filepath.Join(dir, "registry"), htpasswd)
+	reg, err := testenv.StartRegistry(filepath.Join(dir, "registry"), htpasswd)
 	if err != nil {
 		t.Fatal(err)
 	}

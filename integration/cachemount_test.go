@@ -22,17 +22,7 @@ import (
 // state (shared between builds).
 func cacheBuild(t *testing.T, name, state, dockerfile string) *buildRun {
 	t.Helper()
-	skipE2E(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	c := adhocCase(t, name, dockerfile, nil)
-	_, bases := h.registry(t)
-	work := h.workDir(t)
-	if err := os.MkdirAll(filepath.Join(work, "runs"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r := prepareRun(t, work, c, "root", nil, bases)
+	r := rootRun(t, adhocCase(t, name, dockerfile, nil))
 	i := slices.Index(r.Args, "--root")
 	r.Args[i+1] = state
 	r.State = state

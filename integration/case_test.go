@@ -7,10 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // casesDir holds one directory per end-to-end case: a Dockerfile, an
@@ -181,25 +182,7 @@ func strictUnmarshal(b []byte, v any) error {
 }
 
 // loadCases reads every case under dir, sorted by name.
-func loadCases(dir string) ([]*Case, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var cases []*Case
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		c, err := loadCase(filepath.Join(dir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		cases = append(cases, c)
-	}
-	sort.Slice(cases, func(i, j int) bool { return cases[i].Name < cases[j].Name })
-	return cases, nil
-}
+func loadCases(dir string) ([]*Case, error) { return testenv.LoadDirs(dir, loadCase) }
 
 func loadCase(dir string) (*Case, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "case.json"))

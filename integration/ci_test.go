@@ -37,6 +37,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // ciDir holds the build every container scenario runs: context/ (with its
@@ -240,10 +242,10 @@ func (r *containerRun) report() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "container bundle: %s\n$ %s\n", r.Dir, strings.Join(r.Args, " "))
 	if r.Stdout != "" {
-		fmt.Fprintf(&b, "--- stdout (tail)\n%s\n", tail(r.Stdout, 30))
+		fmt.Fprintf(&b, "--- stdout (tail)\n%s\n", testenv.Tail(r.Stdout, 30))
 	}
 	if r.Stderr != "" {
-		fmt.Fprintf(&b, "--- stderr (tail)\n%s\n", tail(r.Stderr, 40))
+		fmt.Fprintf(&b, "--- stderr (tail)\n%s\n", testenv.Tail(r.Stderr, 40))
 	}
 	return b.String()
 }

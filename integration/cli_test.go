@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // adhocCase writes a one-off case (Dockerfile and context files) into a
@@ -36,21 +38,27 @@ func adhocCase(t *testing.T, name, dockerfile string, files map[string]string, a
 	return &Case{Name: name, Dir: dir, Dockerfile: "Dockerfile", Description: name, Args: args}
 }
 
-// cliBuild prepares and runs a root build of c; it fails the test when the
-// build fails.
-func cliBuild(t *testing.T, c *Case) *buildRun {
+// rootRun prepares a root build of c against the harness's registry.
+func rootRun(t *testing.T, c *Case) *buildRun {
 	t.Helper()
 	skipE2E(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	bin := h.binary(t)
 	_, bases := h.registry(t)
 	work := h.workDir(t)
 	if err := os.MkdirAll(filepath.Join(work, "runs"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r := prepareRun(t, work, c, "root", nil, bases)
+	return prepareRun(t, work, c, "root", nil, bases)
+}
+
+// cliBuild prepares and runs a root build of c; it fails the test when the
+// build fails.
+func cliBuild(t *testing.T, c *Case) *buildRun {
+	t.Helper()
+	r := rootRun(t, c)
+	bin := h.binary(t)
 	release := h.acquire()
 	r.run(bin)
 	release()
@@ -217,18 +225,9 @@ func TestCLIRebuildUsesCache(t *testing.T) {
 // --insecure-registry: like Docker, registries on 127.0.0.0/8 are reached
 // over plain HTTP by default.
 func TestCLILoopbackRegistryIsInsecure(t *testing.T) {
-	skipE2E(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
 	c := adhocCase(t, "cli-loopback", cliDockerfile, map[string]string{"hello.txt": "hello\n"})
+	r := rootRun(t, c)
 	bin := h.binary(t)
-	_, bases := h.registry(t)
-	work := h.workDir(t)
-	if err := os.MkdirAll(filepath.Join(work, "runs"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r := prepareRun(t, work, c, "root", nil, bases)
 	var args []string
 	for i := 0; i < len(r.Args); i++ {
 		if r.Args[i] == "--insecure-registry" {
@@ -293,6 +292,6 @@ func TestCLIPushMountsBaseLayers(t *testing.T) {
 		}
 	}
 	if t.Failed() {
-		t.Logf("access log:\n%s", tail(log, 40))
+		t.Logf("access log:\n%s", testenv.Tail(log, 40))
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // envDocker names the Docker daemon socket TestDockerParity builds with
@@ -80,13 +82,13 @@ func TestDockerParity(t *testing.T) {
 				}
 				dumpDocker(t, out, c, nil, r)
 				if t.Failed() {
-					t.Logf("docker stderr:\n%s", tail(r.Stderr, 30))
+					t.Logf("docker stderr:\n%s", testenv.Tail(r.Stderr, 30))
 				}
 				return
 			}
 			if r.Err != nil {
 				dumpDocker(t, out, c, nil, r)
-				t.Fatalf("docker build failed: %v\n%s", r.Err, tail(r.Stderr, 30))
+				t.Fatalf("docker build failed: %v\n%s", r.Err, testenv.Tail(r.Stderr, 30))
 			}
 			v, err := pullImage(r.Tag)
 			if err != nil {
@@ -172,7 +174,7 @@ func dockerBuild(t *testing.T, host string, r *buildRun) {
 	}
 	push := exec.CommandContext(ctx, dockerCLI, "-H", host, "push", r.Tag)
 	if b, err := push.CombinedOutput(); err != nil {
-		r.Err = fmt.Errorf("docker push: %v: %s", err, tail(string(b), 10))
+		r.Err = fmt.Errorf("docker push: %v: %s", err, testenv.Tail(string(b), 10))
 	}
 }
 
@@ -181,7 +183,7 @@ func dockerBuild(t *testing.T, host string, r *buildRun) {
 func dumpDocker(t *testing.T, out string, c *Case, v *imageView, r *buildRun) {
 	d := map[string]any{}
 	if v == nil {
-		d["error"] = map[string]any{"stderr_tail": tail(r.Stderr, 15), "exit": fmt.Sprint(r.Err)}
+		d["error"] = map[string]any{"stderr_tail": testenv.Tail(r.Stderr, 15), "exit": fmt.Sprint(r.Err)}
 	} else {
 		d["layers"] = len(v.Layers)
 		if a := rawString(v.Raw["author"]); a != "" {

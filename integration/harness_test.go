@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 func intp(i int) *int       { return &i }
@@ -28,11 +30,11 @@ func boolp(b bool) *bool    { return &b }
 // it, and checks that exactly its process is gone.
 func TestRegistryLifecycle(t *testing.T) {
 	skipE2E(t)
-	reg, err := startRegistry(t.TempDir())
+	reg, err := testenv.StartRegistry(t.TempDir(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := reg.cmd.Process.Pid
+	pid := reg.Pid()
 	bases, err := pushBaseImages(reg.Addr)
 	if err != nil {
 		reg.Stop()
@@ -42,7 +44,7 @@ func TestRegistryLifecycle(t *testing.T) {
 		t.Errorf("busybox digest %q", bases.BusyboxDigest)
 	}
 	if !strings.Contains(reg.AccessLog(), "PUT /v2/busybox/manifests/latest") {
-		t.Errorf("access log lacks the manifest PUT:\n%s", tail(reg.AccessLog(), 10))
+		t.Errorf("access log lacks the manifest PUT:\n%s", testenv.Tail(reg.AccessLog(), 10))
 	}
 	reg.Stop()
 	if err := syscall.Kill(pid, 0); err == nil {

@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // defaultPath is Docker's default PATH for Linux images.
@@ -113,32 +115,7 @@ func busyboxEntries() ([]tentry, error) {
 // imageWith builds an image from layers and a config, with either Docker
 // (schema 2) or OCI media types.
 func imageWith(oci bool, layers []v1.Layer, history []string, cfg v1.Config, arch, variant string) (v1.Image, error) {
-	img := empty.Image
-	if oci {
-		img = mutate.MediaType(img, types.OCIManifestSchema1)
-		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	}
-	for i, l := range layers {
-		var err error
-		img, err = mutate.Append(img, mutate.Addendum{
-			Layer:   l,
-			History: v1.History{CreatedBy: history[i], Created: v1.Time{Time: epoch}},
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.Architecture = arch
-	cf.Variant = variant
-	cf.OS = "linux"
-	cf.Created = v1.Time{Time: epoch}
-	cf.Config = cfg
-	return mutate.ConfigFile(img, cf)
+	return testenv.Image(layers, testenv.ImageSpec{OCI: oci, History: history, Config: cfg, Architecture: arch, Variant: variant})
 }
 
 func busyboxConfig() v1.Config {
@@ -356,7 +333,7 @@ func debianLayer(logf func(string, ...any)) (string, error) {
 	cmd := exec.Command("mmdebstrap", "--variant=minbase", "--quiet", "bookworm", raw)
 	cmd.Dir = tmp
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("mmdebstrap: %v\n%s", err, tail(string(b), 30))
+		return "", fmt.Errorf("mmdebstrap: %v\n%s", err, testenv.Tail(string(b), 30))
 	}
 	part := filepath.Join(tmp, debianLayerName)
 	if err := filterDebianTar(raw, part); err != nil {

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // Environment variables that steer the harness (all optional).
@@ -41,7 +43,7 @@ type harness struct {
 	binErr  error
 
 	regOnce sync.Once
-	reg     *testRegistry
+	reg     *testenv.Registry
 	bases   *baseImages
 	regErr  error
 
@@ -184,7 +186,7 @@ func (h *harness) binary(t testing.TB) string {
 }
 
 // registry returns the running registry and the base images in it.
-func (h *harness) registry(t testing.TB) (*testRegistry, *baseImages) {
+func (h *harness) registry(t testing.TB) (*testenv.Registry, *baseImages) {
 	t.Helper()
 	h.regOnce.Do(func() {
 		dir := filepath.Join(h.workDir(t), "registry")
@@ -192,7 +194,7 @@ func (h *harness) registry(t testing.TB) (*testRegistry, *baseImages) {
 			h.regErr = err
 			return
 		}
-		reg, err := startRegistry(dir)
+		reg, err := testenv.StartRegistry(dir, "")
 		if err != nil {
 			h.regErr = err
 			return
@@ -204,7 +206,7 @@ func (h *harness) registry(t testing.TB) (*testRegistry, *baseImages) {
 		t.Fatalf("registry: %v", h.regErr)
 	}
 	if !h.reg.Alive() {
-		t.Fatalf("the registry on %s has exited:\n%s", h.reg.Addr, tail(h.reg.AccessLog(), 20))
+		t.Fatalf("the registry on %s has exited:\n%s", h.reg.Addr, testenv.Tail(h.reg.AccessLog(), 20))
 	}
 	return h.reg, h.bases
 }

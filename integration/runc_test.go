@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // runTimeout bounds one container run.
@@ -156,16 +158,16 @@ func checkRun(img v1.Image, want *RunExpect, dir string) []string {
 	if err != nil {
 		msg := "run: " + err.Error()
 		if res != nil && res.Stderr != "" {
-			msg += "\nstderr: " + tail(res.Stderr, 10)
+			msg += "\nstderr: " + testenv.Tail(res.Stderr, 10)
 		}
 		return []string{msg}
 	}
 	var probs []string
 	if res.ExitCode != want.ExitCode {
-		probs = append(probs, fmt.Sprintf("run %q: exit code %d, want %d; stderr: %s", want.Argv, res.ExitCode, want.ExitCode, tail(res.Stderr, 10)))
+		probs = append(probs, fmt.Sprintf("run %q: exit code %d, want %d; stderr: %s", want.Argv, res.ExitCode, want.ExitCode, testenv.Tail(res.Stderr, 10)))
 	}
 	if want.Stdout != nil && res.Stdout != *want.Stdout {
-		probs = append(probs, fmt.Sprintf("run %q: stdout %q, want %q; stderr: %s", want.Argv, clip(res.Stdout), *want.Stdout, tail(res.Stderr, 10)))
+		probs = append(probs, fmt.Sprintf("run %q: stdout %q, want %q; stderr: %s", want.Argv, clip(res.Stdout), *want.Stdout, testenv.Tail(res.Stderr, 10)))
 	}
 	if want.StdoutContains != "" && !strings.Contains(res.Stdout, want.StdoutContains) {
 		probs = append(probs, fmt.Sprintf("run %q: stdout %q lacks %q", want.Argv, clip(res.Stdout), want.StdoutContains))

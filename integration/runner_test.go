@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // defaultBuildTimeout bounds one build unless case.json sets "timeout".
@@ -223,10 +225,10 @@ func (r *buildRun) report() string {
 	}
 	fmt.Fprintf(&b, "exit: %v after %s\n", r.Err, r.Took.Round(time.Millisecond))
 	if r.Stdout != "" {
-		fmt.Fprintf(&b, "--- stdout (tail)\n%s\n", tail(r.Stdout, 40))
+		fmt.Fprintf(&b, "--- stdout (tail)\n%s\n", testenv.Tail(r.Stdout, 40))
 	}
 	if r.Stderr != "" {
-		fmt.Fprintf(&b, "--- stderr (tail)\n%s\n", tail(r.Stderr, 40))
+		fmt.Fprintf(&b, "--- stderr (tail)\n%s\n", testenv.Tail(r.Stderr, 40))
 	}
 	return b.String()
 }

@@ -8,16 +8,17 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/rbuild/rbuild/internal/testenv"
 )
 
 // epoch is the modification time of every entry the harness writes, so
 // base images are the same bytes on every run and machine.
-var epoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+var epoch = testenv.Epoch
 
 // tentry is one entry of a tar the harness makes (base image layers,
 // archives for ADD, layers for the checker's own tests).

@@ -1,4 +1,8 @@
-package integration
+// Package testenv holds what the end-to-end tests (integration/) and the
+// benchmark harness (bench/) both stand on: a real registry server on the
+// loopback interface, base images assembled here (no public registry is
+// reachable), and case directories stored as data.
+package testenv
 
 import (
 	"context"
@@ -13,13 +17,13 @@ import (
 	"time"
 )
 
-// registryBinary is Debian's build of distribution 2.8 (package
+// RegistryBinary is Debian's build of distribution 2.8 (package
 // docker-registry).
-const registryBinary = "/usr/bin/docker-registry"
+const RegistryBinary = "/usr/bin/docker-registry"
 
-// testRegistry is a docker-registry process serving 127.0.0.1:PORT with
-// filesystem storage in a temporary directory.
-type testRegistry struct {
+// Registry is a docker-registry process serving 127.0.0.1:PORT with
+// filesystem storage in a directory of its own.
+type Registry struct {
 	Addr string // 127.0.0.1:PORT
 	dir  string
 	cmd  *exec.Cmd
@@ -27,17 +31,12 @@ type testRegistry struct {
 	log  *os.File
 }
 
-// startRegistry starts docker-registry in dir on a free loopback port and
-// waits until /v2/ answers.
-func startRegistry(dir string) (*testRegistry, error) {
-	return startRegistryWith(dir, "")
-}
-
-// startRegistryWith starts a registry that, when htpasswd names a file,
+// StartRegistry starts docker-registry in dir on a free loopback port and
+// waits until /v2/ answers. When htpasswd names a file, the registry
 // requires basic authentication with its (bcrypt) credentials.
-func startRegistryWith(dir, htpasswd string) (*testRegistry, error) {
-	if _, err := os.Stat(registryBinary); err != nil {
-		return nil, fmt.Errorf("%s missing (install docker-registry, see scripts/test-deps.sh): %w", registryBinary, err)
+func StartRegistry(dir, htpasswd string) (*Registry, error) {
+	if _, err := os.Stat(RegistryBinary); err != nil {
+		return nil, fmt.Errorf("%s missing (install docker-registry, see scripts/test-deps.sh): %w", RegistryBinary, err)
 	}
 	var lastErr error
 	// The port is chosen by binding :0 and closing; another process could
@@ -52,8 +51,8 @@ func startRegistryWith(dir, htpasswd string) (*testRegistry, error) {
 	return nil, lastErr
 }
 
-func tryStartRegistry(dir string, attempt int, htpasswd string) (*testRegistry, error) {
-	port, err := freePort()
+func tryStartRegistry(dir string, attempt int, htpasswd string) (*Registry, error) {
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +62,7 @@ func tryStartRegistry(dir string, attempt int, htpasswd string) (*testRegistry, 
 		return nil, err
 	}
 	// The access log goes to stdout (one line a request); tests that count
-	// requests can read registry.log.
+	// requests read it with AccessLog.
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -94,17 +93,17 @@ http:
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(registryBinary, "serve", cfgPath)
+	cmd := exec.Command(RegistryBinary, "serve", cfgPath)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	// Its own process group, so that a signal to the test's group (Ctrl-C)
-	// does not race our orderly stop.
+	// Its own process group, so that a signal to the caller's group
+	// (Ctrl-C) does not race an orderly stop; gone with its parent.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, err
 	}
-	r := &testRegistry{Addr: addr, dir: dir, cmd: cmd, done: make(chan error, 1), log: logf}
+	r := &Registry{Addr: addr, dir: dir, cmd: cmd, done: make(chan error, 1), log: logf}
 	go func() { r.done <- cmd.Wait() }()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -112,12 +111,12 @@ http:
 	if err := r.waitReady(ctx); err != nil {
 		r.Stop()
 		b, _ := os.ReadFile(logf.Name())
-		return nil, fmt.Errorf("docker-registry on %s: %w\n%s", addr, err, tail(string(b), 20))
+		return nil, fmt.Errorf("docker-registry on %s: %w\n%s", addr, err, Tail(string(b), 20))
 	}
 	return r, nil
 }
 
-func (r *testRegistry) waitReady(ctx context.Context) error {
+func (r *Registry) waitReady(ctx context.Context) error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	for {
 		select {
@@ -142,8 +141,8 @@ func (r *testRegistry) waitReady(ctx context.Context) error {
 	}
 }
 
-// Stop kills exactly the registry's process and waits for it.
-func (r *testRegistry) Stop() {
+// Stop ends exactly the registry's process and waits for it.
+func (r *Registry) Stop() {
 	if r == nil || r.cmd == nil || r.cmd.Process == nil {
 		return
 	}
@@ -158,8 +157,16 @@ func (r *testRegistry) Stop() {
 	r.log.Close()
 }
 
+// Pid is the registry's process ID (0 once stopped).
+func (r *Registry) Pid() int {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}
+
 // Alive reports whether the process is still running.
-func (r *testRegistry) Alive() bool {
+func (r *Registry) Alive() bool {
 	select {
 	case err := <-r.done:
 		r.done <- err
@@ -170,12 +177,25 @@ func (r *testRegistry) Alive() bool {
 }
 
 // AccessLog returns the registry's log so far.
-func (r *testRegistry) AccessLog() string {
+func (r *Registry) AccessLog() string {
 	b, _ := os.ReadFile(filepath.Join(r.dir, "registry.log"))
 	return string(b)
 }
 
-func freePort() (int, error) {
+// LogPath is the file of the registry's log.
+func (r *Registry) LogPath() string { return filepath.Join(r.dir, "registry.log") }
+
+// RegistryVersion is the registry server's version line.
+func RegistryVersion() string {
+	out, err := exec.Command(RegistryBinary, "--version").CombinedOutput()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -184,8 +204,8 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
+// Tail returns the last n lines of s.
+func Tail(s string, n int) string {
 	s = strings.TrimRight(s, "\n")
 	lines := strings.Split(s, "\n")
 	if len(lines) > n {
