@@ -4,8 +4,11 @@ import (
 	"context"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/rbuild/rbuild/cache"
+	"github.com/rbuild/rbuild/output"
 	"github.com/rbuild/rbuild/snapshot"
 	"golang.org/x/sync/errgroup"
 )
@@ -83,6 +86,10 @@ func (b *build) record(s *stage, key cache.Key, l *snapshot.Layer) {
 // merged with what the store holds. Failures are warnings: the image is
 // built and delivered already.
 func (b *build) exportCaches(ctx context.Context, target *stage) {
+	inImage := map[v1.Hash]bool{}
+	for _, l := range target.layers {
+		inImage[l.Digest] = true
+	}
 	for _, ex := range b.opts.CacheTo {
 		chain := map[*stage]bool{}
 		for s := target; s != nil; s = s.baseOf {
@@ -100,8 +107,18 @@ func (b *build) exportCaches(ctx context.Context, target *stage) {
 		} else {
 			idx.Merge(old)
 		}
+		pushedTo := b.pushedRepository(ex.Store)
 		err = ex.Store.Save(ctx, idx, func(e *cache.Entry) (v1.Layer, error) {
-			return b.layer(snapshot.Layer{Digest: e.Digest, DiffID: e.DiffID, Size: e.Size, MediaType: e.MediaType})
+			l, err := b.layer(snapshot.Layer{Digest: e.Digest, DiffID: e.DiffID, Size: e.Size, MediaType: e.MediaType})
+			if err != nil || pushedTo == nil || !inImage[e.Digest] {
+				return l, err
+			}
+			if _, ok := l.(*remote.MountableLayer); ok {
+				return l, nil
+			}
+			// The image was pushed to the same registry a moment ago:
+			// the cache repository mounts the blob from there.
+			return &remote.MountableLayer{Layer: l, Reference: pushedTo.Digest(e.Digest.String())}, nil
 		})
 		if err != nil {
 			b.warn("exporting cache to %s: %v", ex.Store, err)
@@ -109,4 +126,21 @@ func (b *build) exportCaches(ctx context.Context, target *stage) {
 		}
 		b.logf("exported %d cache entries to %s", len(idx.Entries), ex.Store)
 	}
+}
+
+// pushedRepository returns a repository this build pushed its image to on
+// the registry of the cache store st, or nil: the cache export can mount
+// the image's layers from it instead of uploading them again.
+func (b *build) pushedRepository(st cache.Store) *name.Repository {
+	rs, ok := st.(*cache.Registry)
+	if !ok {
+		return nil
+	}
+	for _, o := range b.opts.Outputs {
+		if ro, ok := o.(*output.Registry); ok && ro.Ref.Context().RegistryStr() == rs.Ref.Context().RegistryStr() {
+			repo := ro.Ref.Context()
+			return &repo
+		}
+	}
+	return nil
 }

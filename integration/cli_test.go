@@ -274,21 +274,59 @@ func TestCLIPushMountsBaseLayers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		enc := "sha256%3A" + d.Hex
-		mounted, uploaded := false, false
-		for _, line := range strings.Split(log, "\n") {
-			if !strings.Contains(line, "/v2/"+repo+"/blobs/uploads/") {
-				continue
-			}
-			if strings.Contains(line, `"POST `) && strings.Contains(line, "mount="+enc) && strings.Contains(line, `" 201 `) {
-				mounted = true
-			}
-			if strings.Contains(line, `"PUT `) && strings.Contains(line, "digest="+enc) {
-				uploaded = true
-			}
-		}
-		if !mounted || uploaded {
+		if mounted, uploaded := blobArrival(log, repo, d); !mounted || uploaded {
 			t.Errorf("base layer %d (%s) in %s: mounted %v, uploaded %v; want mounted only", i, d, repo, mounted, uploaded)
+		}
+	}
+	if t.Failed() {
+		t.Logf("access log:\n%s", testenv.Tail(log, 40))
+	}
+}
+
+// blobArrival reads the registry's access log: whether blob d came into
+// repo by a cross-repository mount (POST ...?mount=d answered 201), and
+// whether it was uploaded (PUT ...?digest=d).
+func blobArrival(log, repo string, d v1.Hash) (mounted, uploaded bool) {
+	enc := "sha256%3A" + d.Hex
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, "/v2/"+repo+"/blobs/uploads/") {
+			continue
+		}
+		if strings.Contains(line, `"POST `) && strings.Contains(line, "mount="+enc) && strings.Contains(line, `" 201 `) {
+			mounted = true
+		}
+		if strings.Contains(line, `"PUT `) && strings.Contains(line, "digest="+enc) {
+			uploaded = true
+		}
+	}
+	return mounted, uploaded
+}
+
+// TestCLICacheExportMountsImageLayers: --cache-to a repository of the
+// registry the image was pushed to mounts the image's layers from it
+// rather than uploading them a second time.
+func TestCLICacheExportMountsImageLayers(t *testing.T) {
+	reg, bases := h.registry(t)
+	cacheRepo := "cli-cache-export/cache"
+	c := adhocCase(t, "cli-cache-export", cliDockerfile, map[string]string{"hello.txt": "hello\n"},
+		"--cache-to", "type=registry,ref="+bases.Registry+"/"+cacheRepo+",mode=max")
+	r := cliBuild(t, c)
+	img, err := pullImage(r.Tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := reg.AccessLog()
+	built := img.Layers[bases.BusyboxLayers:]
+	if len(built) == 0 {
+		t.Fatal("the build added no layer")
+	}
+	for i, l := range built {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mounted, uploaded := blobArrival(log, cacheRepo, d); !mounted || uploaded {
+			t.Errorf("built layer %d (%s) in the cache repository: mounted %v, uploaded %v; want mounted only", i, d, mounted, uploaded)
 		}
 	}
 	if t.Failed() {
