@@ -333,3 +333,29 @@ func TestCLICacheExportMountsImageLayers(t *testing.T) {
 		t.Logf("access log:\n%s", testenv.Tail(log, 40))
 	}
 }
+
+// TestCLIUserMissingRuntimeDir: a rootless build whose XDG_RUNTIME_DIR
+// names a directory that does not exist (a variable kept by su or sudo, or
+// set by a CI image) still builds: rbuild needs no runtime directory of
+// the user's and makes its own in the state directory.
+func TestCLIUserMissingRuntimeDir(t *testing.T) {
+	skipE2E(t)
+	acct := h.testUser(t)
+	_, bases := h.registry(t)
+	work := h.workDir(t)
+	if err := os.MkdirAll(filepath.Join(work, "runs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := adhocCase(t, "cli-missing-xdg", cliDockerfile, map[string]string{"hello.txt": "hello\n"})
+	r := prepareRun(t, work, c, "user", acct, bases)
+	r.Env = []string{"XDG_RUNTIME_DIR=" + filepath.Join(r.Dir, "does-not-exist")}
+	release := h.acquire()
+	r.run(h.binary(t))
+	release()
+	if r.Err != nil {
+		t.Fatalf("build failed\n%s", r.report())
+	}
+	if _, err := pullImage(r.Tag); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -36,6 +36,7 @@ type buildRun struct {
 	Tag        string // REGISTRY/cases/NAME:MODE
 
 	Args   []string // full argv after the binary
+	Env    []string // added to (and overriding) the usual environment
 	Stdout string
 	Stderr string
 	Err    error // nil when the build exited 0
@@ -182,6 +183,7 @@ func (r *buildRun) run(bin string) {
 			"XDG_RUNTIME_DIR="+filepath.Join(r.Dir, "xdg"),
 		)
 	}
+	cmd.Env = append(cmd.Env, r.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if r.User != nil {
 		cmd.SysProcAttr.Credential = r.User.Credential()

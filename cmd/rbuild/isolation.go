@@ -216,15 +216,22 @@ func reportUserns(log io.Writer) error {
 }
 
 // prepareRuntimeDir gives a rootless rbuild a runtime directory inside its
-// state directory when XDG_RUNTIME_DIR is unset. storage looks for one
-// whenever it opens a store, even with an explicit run root, and without
-// XDG_RUNTIME_DIR it wants /run/user/UID or $TMPDIR/storage-run-UID: in a
+// state directory when XDG_RUNTIME_DIR is unset or names no directory.
+// storage looks for one whenever it opens a store, even with an explicit
+// run root, and without XDG_RUNTIME_DIR it wants /run/user/UID or $TMPDIR/storage-run-UID: in a
 // pod with a read-only root file system it can make neither ("path
 // /tmp/storage-run-1000 exists and it is not writeable only by the current
 // user"), and the state directory is the one place that must be writable.
 func prepareRuntimeDir(root string) error {
-	if !unshare.IsRootless() || os.Getenv("XDG_RUNTIME_DIR") != "" {
+	if !unshare.IsRootless() {
 		return nil
+	}
+	// One that is set but missing (a login's variable kept by su or sudo,
+	// a CI image's ENV) would fail the store as surely as none.
+	if v := os.Getenv("XDG_RUNTIME_DIR"); v != "" {
+		if fi, err := os.Stat(v); err == nil && fi.IsDir() {
+			return nil
+		}
 	}
 	dir := filepath.Join(root, "xdg-run")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
