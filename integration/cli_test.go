@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -359,103 +358,4 @@ func TestCLIUserMissingRuntimeDir(t *testing.T) {
 	if _, err := pullImage(r.Tag); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// TestCLIRunsFromSealedBinary: the build process runs from a sealed
-// in-memory copy of rbuild (so that RUN steps' sandboxes need no copy of
-// their own), named rbuild, as root and rootless. Read from /proc while a
-// RUN step sleeps.
-func TestCLIRunsFromSealedBinary(t *testing.T) {
-	skipE2E(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (reads the builds' /proc entries)")
-	}
-	df := `ARG REGISTRY
-FROM ${REGISTRY}/busybox
-RUN touch /tmp/started && sleep 3
-`
-	for _, mode := range []string{"root", "user"} {
-		t.Run(mode, func(t *testing.T) {
-			var acct *account
-			if mode == "user" {
-				acct = h.testUser(t)
-			}
-			_, bases := h.registry(t)
-			work := h.workDir(t)
-			if err := os.MkdirAll(filepath.Join(work, "runs"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			r := prepareRun(t, work, adhocCase(t, "cli-sealed-"+mode, df, nil), mode, acct, bases)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				r.run(h.binary(t))
-			}()
-			// The process that builds runs from a memfd; the rootless
-			// parent, which only waits for it, from the file. The last
-			// sighting counts: the first may come between the exec and
-			// the process's own start-up, which names it.
-			var exe, comm string
-			seen := map[string]bool{}
-			for running := true; running; {
-				select {
-				case <-done:
-					running = false
-				case <-time.After(50 * time.Millisecond):
-				}
-				if e, c := builderExe(r.State, seen); e != "" {
-					exe, comm = e, c
-				}
-			}
-			<-done
-			if r.Err != nil {
-				t.Fatalf("build failed\n%s", r.report())
-			}
-			if exe == "" {
-				t.Fatalf("no build process ran from a sealed memfd copy; executables seen: %v", seen)
-			}
-			if comm != "rbuild" {
-				t.Errorf("the build process is named %q, want rbuild", comm)
-			}
-		})
-	}
-}
-
-// builderExe looks for the build process with state directory state that
-// runs from a memfd (not one of its forks on their way to exec something
-// else: those have the same command line and executable) and returns its
-// executable link and name; it records every build process's executable
-// in seen.
-func builderExe(state string, seen map[string]bool) (exe, comm string) {
-	type proc struct{ exe, comm, ppid string }
-	memfd := map[string]proc{}
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range procs {
-		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
-		if err != nil || !strings.Contains(string(cmdline), "\x00"+state+"\x00") || !strings.Contains(string(cmdline), "\x00build\x00") {
-			continue
-		}
-		link, err := os.Readlink(filepath.Join(p, "exe"))
-		if err != nil {
-			continue
-		}
-		seen[link] = true
-		if !strings.Contains(link, "memfd:") {
-			continue
-		}
-		c, _ := os.ReadFile(filepath.Join(p, "comm"))
-		st, _ := os.ReadFile(filepath.Join(p, "stat"))
-		// stat: pid (comm) state ppid ...
-		fields := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		memfd[filepath.Base(p)] = proc{link, strings.TrimSpace(string(c)), fields[1]}
-	}
-	for _, pr := range memfd {
-		if _, forked := memfd[pr.ppid]; !forked {
-			return pr.exe, pr.comm
-		}
-	}
-	return "", ""
 }

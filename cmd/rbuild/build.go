@@ -105,11 +105,6 @@ func addBuildFlags(cmd *cobra.Command, f *buildFlags) {
 func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	// First of all: an unprivileged rbuild continues in a child process,
 	// which must still find standard input unread (-f -).
-	if os.Geteuid() == 0 {
-		// Root, or the child in rbuild's user namespace: the process
-		// that runs the steps. (An unprivileged parent only re-executes.)
-		sealSelf()
-	}
 	isolation, err := chooseIsolation(f.isolation, cmd.ErrOrStderr())
 	if err != nil {
 		return err
