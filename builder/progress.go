@@ -86,7 +86,11 @@ type lineWriter struct {
 	prefix string
 	task   *liveTask // tty mode
 	buf    []byte
+	failed bool
 }
+
+// Fail marks the step as failed: its last line says ERROR, not DONE.
+func (l *lineWriter) Fail() { l.failed = true }
 
 func (l *lineWriter) Write(b []byte) (int, error) {
 	l.buf = append(l.buf, b...)
@@ -102,7 +106,8 @@ func (l *lineWriter) Write(b []byte) (int, error) {
 }
 
 // Flush writes what is left of an unterminated last line and, in tty
-// mode, replaces the step's live lines by one line with its time.
+// mode, replaces the step's live lines by one line with its time and
+// whether it failed (its error, with the last lines, follows).
 func (l *lineWriter) Flush() {
 	if len(l.buf) > 0 {
 		l.emit(l.buf)
@@ -121,7 +126,11 @@ func (l *lineWriter) Flush() {
 		}
 	}
 	p.clear()
-	fmt.Fprintf(p.w, "%s DONE %s (%d lines of output)\n", l.task.step, elapsed(p.now().Sub(l.task.start)), l.task.total)
+	verdict := "DONE"
+	if l.failed {
+		verdict = "ERROR"
+	}
+	fmt.Fprintf(p.w, "%s %s %s (%d lines of output)\n", l.task.step, verdict, elapsed(p.now().Sub(l.task.start)), l.task.total)
 	p.draw()
 	l.task = nil
 }

@@ -186,3 +186,15 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// A failed step's line says so; its last lines come with the build's error.
+func TestProgressTTYFailure(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgress(&buf, true, 80)
+	p.now = func() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
+	out := p.stepOutput("[a 1/1]", "[a 1/1] RUN false", "")
+	fmt.Fprintln(out, "about to fail")
+	out.Fail()
+	out.Flush()
+	checkScreen(t, "failed", screen(t, buf.String()), []string{"[a 1/1] ERROR 0.0s (1 lines of output)"})
+}

@@ -95,6 +95,7 @@ func (b *build) run(ctx context.Context, s *stage, c *instructions.RunCommand) e
 			spec.Mounts = append(spec.Mounts, executor.Mount{Source: dir, Target: "/dev/pipes", ReadOnly: true})
 		}
 		if err := executor.Run(ctx, spec); err != nil {
+			out.Fail()
 			return fmt.Errorf("%s: %w", shortCmd(args), err)
 		}
 		return nil
