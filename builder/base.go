@@ -8,6 +8,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -97,17 +98,31 @@ func (b *build) resolveImage(ctx context.Context, refStr string, platform v1.Pla
 			Size:      d.Size,
 			MediaType: ociMediaType(d.MediaType),
 		}
-		b.addSource(d.Digest, func() (v1.Layer, error) { return img.LayerByDigest(d.Digest) })
+		src := blobSource{open: func() (v1.Layer, error) { return img.LayerByDigest(d.Digest) }}
+		if !local {
+			in := ref.Context().Digest(d.Digest.String())
+			src.repo = &in
+		}
+		b.addSource(d.Digest, src)
 	}
 	return base, nil
 }
 
-// addSource records where a blob can be fetched when it is not local.
-func (b *build) addSource(d v1.Hash, open func() (v1.Layer, error)) {
+// blobSource is where a blob can be fetched when it is not local, and the
+// registry repository that holds it, if any: a push to the same registry
+// mounts the blob from there instead of uploading it (as Docker and buildah
+// do), whether or not rbuild downloaded it.
+type blobSource struct {
+	open func() (v1.Layer, error)
+	repo *name.Digest
+}
+
+// addSource records a blob's source; the first one recorded stays.
+func (b *build) addSource(d v1.Hash, src blobSource) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.sources[d]; !ok {
-		b.sources[d] = open
+		b.sources[d] = src
 	}
 }
 
@@ -116,28 +131,19 @@ func (b *build) addSource(d v1.Hash, open func() (v1.Layer, error)) {
 // which a push to the same registry mounts instead of copying).
 func (b *build) layer(l snapshot.Layer) (v1.Layer, error) {
 	b.mu.Lock()
-	open := b.sources[l.Digest]
+	source, known := b.sources[l.Digest]
 	b.mu.Unlock()
 	if b.store.Blobs.Has(l.Digest) {
 		local := b.store.Blobs.V1(l)
-		// A blob that came from a registry (a base layer a RUN needed) is
-		// read from here, but stays mountable from its repository: a
-		// push to the same registry mounts it rather than uploading it
-		// again, as Docker and buildah do. Opening a registry layer costs
-		// no request.
-		if open != nil {
-			if src, err := open(); err == nil {
-				if ml, ok := src.(*remote.MountableLayer); ok {
-					return &remote.MountableLayer{Layer: local, Reference: ml.Reference}, nil
-				}
-			}
+		if source.repo != nil {
+			return &remote.MountableLayer{Layer: local, Reference: *source.repo}, nil
 		}
 		return local, nil
 	}
-	if open == nil {
+	if !known {
 		return nil, fmt.Errorf("layer %s is neither stored locally nor known in a registry", l.Digest)
 	}
-	src, err := open()
+	src, err := source.open()
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	"github.com/rbuild/rbuild/cache"
 	"github.com/rbuild/rbuild/executor"
+	"github.com/rbuild/rbuild/output"
 	"github.com/rbuild/rbuild/registry"
 	"github.com/rbuild/rbuild/snapshot"
 )
@@ -47,8 +48,9 @@ type build struct {
 	// name it.
 	pulls map[string]*pullOnce
 	// sources tells where blobs that are not in the blob store can be
-	// fetched: base image layers, layers of a cache registry.
-	sources map[v1.Hash]func() (v1.Layer, error)
+	// fetched, and which repository a push can mount them from: base
+	// image layers, layers of a cache registry, layers this build pushed.
+	sources map[v1.Hash]blobSource
 	// ctx is the whole build's context: registry handles that outlive one
 	// stage's goroutine (layers fetched at export) are bound to it.
 	ctx context.Context
@@ -113,7 +115,7 @@ func newBuild(opts *Options) (*build, error) {
 		log:      newProgress(opts.Progress, opts.ProgressTTY, opts.ProgressWidth),
 		warnOut:  opts.Warnings,
 		pulls:    map[string]*pullOnce{},
-		sources:  map[v1.Hash]func() (v1.Layer, error){},
+		sources:  map[v1.Hash]blobSource{},
 		shared:   map[cache.Key]sharedEntry{},
 		noCache:  map[string]bool{},
 	}
@@ -341,6 +343,9 @@ func (b *build) execute(ctx context.Context) (*Result, error) {
 		b.logf("exporting to %s", o)
 		if err := o.Write(ctx, img); err != nil {
 			return nil, err
+		}
+		if ro, ok := o.(*output.Registry); ok {
+			b.pushed(ro.Ref.Context(), target.layers)
 		}
 	}
 	b.exportCaches(ctx, target)

@@ -8,7 +8,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/rbuild/rbuild/cache"
-	"github.com/rbuild/rbuild/output"
 	"github.com/rbuild/rbuild/snapshot"
 	"golang.org/x/sync/errgroup"
 )
@@ -68,7 +67,12 @@ func (b *build) sharedHit(key cache.Key) (*snapshot.Layer, cache.Store, bool) {
 	}
 	e := se.entry
 	if !e.Empty {
-		b.addSource(e.Digest, func() (v1.Layer, error) { return se.store.Layer(e) })
+		src := blobSource{open: func() (v1.Layer, error) { return se.store.Layer(e) }}
+		if rs, ok := se.store.(*cache.Registry); ok {
+			in := rs.Ref.Context().Digest(e.Digest.String())
+			src.repo = &in
+		}
+		b.addSource(e.Digest, src)
 	}
 	return &snapshot.Layer{Empty: e.Empty, DiffID: e.DiffID, Digest: e.Digest, Size: e.Size, MediaType: e.MediaType}, se.store, true
 }
@@ -86,10 +90,6 @@ func (b *build) record(s *stage, key cache.Key, l *snapshot.Layer) {
 // merged with what the store holds. Failures are warnings: the image is
 // built and delivered already.
 func (b *build) exportCaches(ctx context.Context, target *stage) {
-	inImage := map[v1.Hash]bool{}
-	for _, l := range target.layers {
-		inImage[l.Digest] = true
-	}
 	for _, ex := range b.opts.CacheTo {
 		chain := map[*stage]bool{}
 		for s := target; s != nil; s = s.baseOf {
@@ -107,18 +107,8 @@ func (b *build) exportCaches(ctx context.Context, target *stage) {
 		} else {
 			idx.Merge(old)
 		}
-		pushedTo := b.pushedRepository(ex.Store)
 		err = ex.Store.Save(ctx, idx, func(e *cache.Entry) (v1.Layer, error) {
-			l, err := b.layer(snapshot.Layer{Digest: e.Digest, DiffID: e.DiffID, Size: e.Size, MediaType: e.MediaType})
-			if err != nil || pushedTo == nil || !inImage[e.Digest] {
-				return l, err
-			}
-			if _, ok := l.(*remote.MountableLayer); ok {
-				return l, nil
-			}
-			// The image was pushed to the same registry a moment ago:
-			// the cache repository mounts the blob from there.
-			return &remote.MountableLayer{Layer: l, Reference: pushedTo.Digest(e.Digest.String())}, nil
+			return b.layer(snapshot.Layer{Digest: e.Digest, DiffID: e.DiffID, Size: e.Size, MediaType: e.MediaType})
 		})
 		if err != nil {
 			b.warn("exporting cache to %s: %v", ex.Store, err)
@@ -128,19 +118,18 @@ func (b *build) exportCaches(ctx context.Context, target *stage) {
 	}
 }
 
-// pushedRepository returns a repository this build pushed its image to on
-// the registry of the cache store st, or nil: the cache export can mount
-// the image's layers from it instead of uploading them again.
-func (b *build) pushedRepository(st cache.Store) *name.Repository {
-	rs, ok := st.(*cache.Registry)
-	if !ok {
-		return nil
-	}
-	for _, o := range b.opts.Outputs {
-		if ro, ok := o.(*output.Registry); ok && ro.Ref.Context().RegistryStr() == rs.Ref.Context().RegistryStr() {
-			repo := ro.Ref.Context()
-			return &repo
+// pushed records that the image's layers are in repo now: a later upload
+// to the same registry (a --cache-to there) mounts them from it rather
+// than uploading them again. A layer that has a source keeps it.
+func (b *build) pushed(repo name.Repository, layers []snapshot.Layer) {
+	for _, l := range layers {
+		if l.Empty {
+			continue
 		}
+		in := repo.Digest(l.Digest.String())
+		b.addSource(l.Digest, blobSource{
+			open: func() (v1.Layer, error) { return remote.Layer(in, b.reg.RemoteOptions()...) },
+			repo: &in,
+		})
 	}
-	return nil
 }
