@@ -173,7 +173,7 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}()
 
-	reg, err := startRegistry(ctx, filepath.Join(work, "registry"))
+	reg, err := startRegistry(filepath.Join(work, "registry"))
 	if err != nil {
 		return err
 	}

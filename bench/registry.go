@@ -42,7 +42,7 @@ func (r *registry) traffic() traffic {
 	return traffic{Pulled: r.pulled.Load(), Pushed: r.pushed.Load(), Requests: r.requests.Load()}
 }
 
-func startRegistry(ctx context.Context, dir string) (*registry, error) {
+func startRegistry(dir string) (*registry, error) {
 	reg, err := testenv.StartRegistry(dir, "")
 	if err != nil {
 		return nil, err

@@ -104,6 +104,16 @@ func unmountUnder(t testing.TB, dir string) {
 	}
 }
 
+// requireOverlay skips a test that needs root and a working overlay
+// mount (both hold in CI).
+func requireOverlay(t *testing.T) {
+	t.Helper()
+	requireRoot(t)
+	if ok, why := overlayUsable(t); !ok {
+		t.Skip(why)
+	}
+}
+
 // removeRunRoot removes a closed store's runtime state when it is on tmpfs
 // (the store would collect it later, once its root is gone).
 func removeRunRoot(t testing.TB, st *Store) {

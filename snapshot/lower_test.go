@@ -20,10 +20,7 @@ import (
 // that none has.
 func TestOverlayLower(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
-	if ok, why := overlayUsable(t); !ok {
-		t.Skip(why)
-	}
+	requireOverlay(t)
 	if !plainOverlay() {
 		t.Skip("overlay has redirect_dir or metacopy on: the store mounts the parent instead")
 	}

@@ -118,10 +118,7 @@ func must1[T any](v T, err error) T {
 // unmounting it (Commit) does not sync the file system.
 func TestVolatileMount(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
-	if ok, why := overlayUsable(t); !ok {
-		t.Skip(why)
-	}
+	requireOverlay(t)
 	if !volatileOverlay() {
 		t.Skip("the kernel has no volatile overlay mounts")
 	}

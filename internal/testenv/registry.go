@@ -182,9 +182,6 @@ func (r *Registry) AccessLog() string {
 	return string(b)
 }
 
-// LogPath is the file of the registry's log.
-func (r *Registry) LogPath() string { return filepath.Join(r.dir, "registry.log") }
-
 // RegistryVersion is the registry server's version line.
 func RegistryVersion() string {
 	out, err := exec.Command(RegistryBinary, "--version").CombinedOutput()
